@@ -1,0 +1,3 @@
+from moa_local.cli import main
+
+main()
