@@ -73,6 +73,8 @@ def engine_env(serve: ServeConfig) -> dict[str, str]:
         if serve.cpus:
             env["VLLM_CPU_OMP_THREADS_BIND"] = serve.cpus
     else:
+        # CUDA numbers GPUs fastest-first by default; PCI bus order matches nvidia-smi and Docker's device_ids.
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in serve.gpus)
     return env
 
