@@ -42,10 +42,12 @@ async def ask(
     *,
     show_proposals: bool = False,
     as_json: bool = False,
-    out: TextIO = sys.stdout,
-    err: TextIO = sys.stderr,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
 ) -> dict[str, Any]:
-    console = Console(file=err, highlight=False)
+    # The streams are looked up per call, not bound at import: callers may redirect them.
+    out = sys.stdout if out is None else out
+    console = Console(file=sys.stderr if err is None else err, highlight=False)
     proposals: list[dict[str, Any]] = []
     async with EndpointPool(config.endpoints, Metrics()) as pool:
         events = Pipeline(pool, Metrics()).run(spec, [{"role": "user", "content": prompt}])

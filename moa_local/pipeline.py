@@ -9,9 +9,10 @@ request fails at once (503 quorum, 504 deadline) naming each endpoint and
 why. A pass-through to one endpoint is the same run with no layers.
 
 It knows nothing of HTTP. Engine calls go through a `Caller` (the endpoint
-pool in production, plain functions in tests). Deadlines are checked
-between events rather than with `asyncio.timeout`, which must not span a
-`yield` of an async generator (it would cancel the consumer instead).
+pool in production, plain functions in tests). Deadlines bound each wait
+(for a layer, for the aggregator's next token) rather than the generator
+as a whole: an `asyncio.timeout` must not span a `yield` of an async
+generator (it would cancel the consumer instead).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from moa_local.metrics import Metrics
 from moa_local.pool import Sampling
 from moa_local.references import Message, fit
 from moa_local.trace import AgentTrace, LayerTrace, RequestTrace
+
+PASSTHROUGH_BACKSTOP_S = 1.0
 
 
 class Caller(Protocol):
@@ -88,7 +91,8 @@ class RunSpec:
             overrides.temperature, overrides.top_p, overrides.max_tokens, 1,
             overrides.stop, overrides.seed, overrides.user,
         )  # fmt: skip
-        return cls(endpoint, (), Step(endpoint, sampling), None, timeout_s)
+        # The call's own timeout ends a pass-through (a 502 naming the endpoint); this cap is a backstop.
+        return cls(endpoint, (), Step(endpoint, sampling), None, timeout_s + PASSTHROUGH_BACKSTOP_S)
 
 
 @dataclass(frozen=True)
@@ -153,7 +157,14 @@ class Pipeline:
             aggregator.note = fitted.note
             sampling = replace(step.sampling, max_tokens=fitted.max_tokens)
             async with aclosing(self.caller.stream(step.endpoint, fitted.messages, sampling, aggregator)) as tokens:
-                async for _, text in tokens:
+                while True:
+                    try:  # the request's cap bounds each wait for a token; the timeout spans no yield
+                        async with asyncio.timeout(max(0.0, deadline - time.perf_counter())):
+                            _, text = await anext(tokens)
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError:
+                        raise DeadlineError(f"{spec.model}: no complete answer within {spec.timeout_s:g}s") from None
                     if trace.ttft_s is None:
                         trace.ttft_s = time.perf_counter() - start
                     parts.append(text)
@@ -168,13 +179,15 @@ class Pipeline:
             outcome = "timeout"
             raise
         except (asyncio.CancelledError, GeneratorExit):
-            outcome = "cancelled"
+            if outcome != "ok":  # after Done the answer is complete, whenever the consumer stops
+                outcome = "cancelled"
             raise
         except MoaError as exc:
             outcome = "timeout" if getattr(exc, "code", None) == "backend_timeout" else "error"
             raise
         finally:
-            trace.duration_s = time.perf_counter() - start
+            if outcome != "ok":  # an answered request's trace was handed out with Done: keep it
+                trace.duration_s = time.perf_counter() - start
             self.metrics.observe_request(
                 spec.model, outcome, trace.duration_s, trace.ttft_s, trace.overhead_s if outcome == "ok" else None
             )
@@ -231,6 +244,7 @@ class Pipeline:
             layer_trace.duration_s = time.perf_counter() - start
         layer_trace.proposals_used = ok
         if ok < layer.min_ok:
+            self.metrics.observe_layer(spec.model, layer_trace.index, layer_trace.duration_s, ok, quorum_met=False)
             raise _shortfall(spec.model, layer_trace, layer.min_ok)
         for agent_trace in layer_trace.agents:
             answers.extend(texts_by_agent.get(id(agent_trace), []))

@@ -129,8 +129,12 @@ class Endpoint:
             if trace.status == "pending":
                 trace.status = "timeout" if isinstance(exc, EndpointTimeout) else "error"
             trace.error = exc.reason
-            if _counts_against(exc):
+            if trace.status == "skipped":
+                pass  # not a call: counting it would push the cool-down out for as long as traffic lasts
+            elif _counts_against(exc):
                 self.breaker.record_failure()
+            else:  # the engine answered (a 4xx): no verdict on its health, but a probe's slot is free again
+                self.breaker.release_probe()
             raise
         except (asyncio.CancelledError, GeneratorExit):
             if trace.status == "pending":

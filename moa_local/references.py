@@ -92,9 +92,8 @@ def fit(
     """
     if context_window is None:
         return Fitted(build_messages(conversation, references, instruction, system_prompt), max_tokens, None)
-    base = estimate_messages(build_messages(conversation, (), instruction, system_prompt))
-    if references:
-        base += estimate_tokens(reference_block([], instruction)) + 2 * len(references)
+    # Everything but the references' own text: numbering, joins, and the system message they may add.
+    base = estimate_messages(build_messages(conversation, [""] * len(references), instruction, system_prompt))
     room = context_window - base
     if room < MIN_ANSWER_TOKENS:
         raise InvalidRequest(
