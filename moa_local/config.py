@@ -82,7 +82,7 @@ class ServeConfig(_Frozen):
 class EndpointConfig(_Frozen):
     base_url: str
     model: str  # the served model name
-    api_key: str | None = None  # may be "${VAR}"
+    api_key: str | None = Field(None, repr=False)  # may be "${VAR}"; kept out of reprs and logs
     api_key_env: str | None = None  # or the name of a variable holding the key
     timeout_s: float = Field(120.0, gt=0)
     connect_timeout_s: float = Field(5.0, gt=0)
