@@ -41,6 +41,7 @@ class Outcome:
     outcome: str = "error"
     trace: RequestTrace | None = None
     error: str | None = None
+    answer: str | None = None  # logged only with gateway.log_content
 
 
 class ChatResponse:
@@ -84,6 +85,7 @@ class ChatResponse:
                     self.proposals_used.append(event.layer.proposals_used)
                 elif isinstance(event, Done):
                     self.result.trace = event.trace
+                    self.result.answer = event.answer
                     self.result.outcome = "ok"
                     if not self.request.stream:
                         await self._send_completion(send, event)

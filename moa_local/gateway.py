@@ -23,7 +23,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from moa_local.api_schema import ChatRequest, parse_chat_request
 from moa_local.chat_response import ChatResponse
 from moa_local.config import Config
-from moa_local.errors import AuthError, ModelNotFound, Overloaded, PayloadTooLarge, RequestFailed
+from moa_local.errors import AuthError, InvalidRequest, ModelNotFound, Overloaded, PayloadTooLarge, RequestFailed
 from moa_local.gateway_errors import envelope, error_parts, internal_error
 from moa_local.metrics import Metrics
 from moa_local.pipeline import Pipeline, RunSpec
@@ -71,21 +71,38 @@ class Gateway:
 
     async def chat(self, request: Request) -> Any:
         request_id = _request_id(request)
-        model = "unknown"
+        body = b""
         try:
+            try:
+                body = await _read_body(request, self.config.gateway.max_body_bytes)
+            except ClientDisconnect:  # gone while sending the body: nothing to answer, no error of ours
+                self.metrics.requests.labels("unknown", "cancelled").inc()
+                _log(request_id, "unknown", 499, "cancelled", 0.0, None, "the client left while sending the body")
+                return Response(status_code=400)
+            # No await from this check to _Tracked counting the request: check and count are one step.
             if self.inflight >= self.config.gateway.max_inflight:
                 raise Overloaded(f"more than {self.config.gateway.max_inflight} requests in flight; retry shortly")
-            chat = parse_chat_request(await _read_body(request, self.config.gateway.max_body_bytes),
-                                      self.config.gateway.max_body_bytes)  # fmt: skip
+            chat = parse_chat_request(body, self.config.gateway.max_body_bytes)
             spec = self.spec_for(chat)
-            model = chat.model
         except RequestFailed as exc:
+            model = self._model_label(body)
             self.metrics.requests.labels(model, "rejected").inc()
-            _log(request_id, model, exc.status, "rejected", 0.0, None, exc.message)
+            # A 400's message quotes the offending request value, which may be prompt text.
+            quoted = isinstance(exc, InvalidRequest) and not self.config.gateway.log_content
+            _log(request_id, model, exc.status, "rejected", 0.0, None,
+                 f"{exc.kind} ({exc.param or 'body'})" if quoted else exc.message)  # fmt: skip
             status, headers, body = error_parts(exc)
             return Response(body, status, headers={k.decode(): v.decode() for k, v in headers})
         assert self.pipeline is not None, "the app's lifespan has not run"
         return _Tracked(self, ChatResponse(self.pipeline.run(spec, chat.conversation()), chat, request_id))
+
+    def _model_label(self, body: bytes) -> str:
+        """The model a rejected request named, if configured: metric labels take config names only."""
+        try:
+            name = json.loads(body).get("model")
+        except (ValueError, AttributeError):
+            return "unknown"
+        return name if isinstance(name, str) and name in self.config.model_names() else "unknown"
 
     async def models(self, request: Request) -> Response:
         data = [self._model(name, "mixture") for name in self.config.mixtures]
@@ -131,8 +148,9 @@ class _Tracked:
             gateway.metrics.gateway_inflight.dec()
             result = response.result
             usage = result.trace.usage().as_openai() if result.trace else None
+            content = _content(response) if gateway.config.gateway.log_content else None
             _log(response.request_id, response.request.model, result.status, result.outcome,
-                 time.perf_counter() - start, usage, result.error)  # fmt: skip
+                 time.perf_counter() - start, usage, result.error, content)  # fmt: skip
 
 
 class _Auth:
@@ -160,6 +178,7 @@ class _Auth:
 
 def create_app(config: Config, metrics: Metrics | None = None, *, probe: bool = True) -> Starlette:
     gateway = Gateway(config, metrics if metrics is not None else Metrics())
+    gateway.metrics.preset(config)  # every configured series exists at zero from the start
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -228,7 +247,7 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 def _log(
     request_id: str, model: str, status: int, outcome: str, latency_s: float,
-    usage: dict[str, int] | None, error: str | None,
+    usage: dict[str, int] | None, error: str | None, content: dict[str, str] | None = None,
 ) -> None:  # fmt: skip
     record: dict[str, Any] = {"request_id": request_id, "model": model, "status": status, "outcome": outcome,
                               "latency_ms": round(latency_s * 1000, 1)}  # fmt: skip
@@ -236,4 +255,12 @@ def _log(
         record.update(prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"])
     if error:
         record["error"] = error
+    if content:  # only with gateway.log_content (debug)
+        record.update(content)
     logger.info(json.dumps(record))
+
+
+def _content(response: ChatResponse) -> dict[str, str]:
+    """The text of a request for the log line: its last user message and the answer."""
+    users = [message["content"] for message in response.request.conversation() if message["role"] == "user"]
+    return {"prompt": users[-1] if users else "", "answer": response.result.answer or ""}

@@ -3,16 +3,24 @@
 Names, types and labels are the contract of DESIGN.md §5. Labels take only
 config-defined values (mixture, endpoint, layer, role, outcome), never
 prompt text or request ids. Histogram buckets follow vLLM's own so that
-dashboards can put our figures next to the engines'. Building a `Metrics`
-registers nothing globally: tests and apps each make their own.
+dashboards can put our figures next to the engines' (vLLM's TTFT and e2e
+latency edges, checked against a live engine by the tests). Beyond the
+contract: `moa_agent_retries_total`, `moa_circuit_open`,
+`moa_gateway_inflight` and `moa_quorum_misses_total` (layers below
+`min_ok`). Requests naming no configured model are counted under the
+model label "unknown". Building a `Metrics` registers
+nothing globally: tests and apps each make their own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+if TYPE_CHECKING:
+    from moa_local.config import Config
 
 # vLLM's vllm:time_to_first_token_seconds buckets.
 TTFT_BUCKETS = (
@@ -89,22 +97,25 @@ class Metrics:
             registry=r,
         )  # fmt: skip
 
-    def preset(self, endpoints: Iterable[str], mixtures: Mapping[str, int]) -> None:
+    def preset(self, config: Config) -> None:
         """Create the series of every configured name at zero.
 
-        `mixtures` maps each model name the gateway serves to its number of
-        proposer layers (0 for a pass-through to an endpoint). Without this a
-        counter appears only on its first increment, so a rate or an error
-        ratio has no series (rather than 0) until something happens.
+        Without this a counter appears only on its first increment, so a rate
+        or an error ratio has no series (rather than 0) until something
+        happens. Models are the mixtures and the endpoints (pass-through).
         """
-        for mixture, layers in mixtures.items():
+        endpoints = list(config.endpoints)
+        layers = {name: len(mixture.layers) for name, mixture in config.mixtures.items()}
+        for mixture, count in {**dict.fromkeys(endpoints, 0), **layers}.items():
             for outcome in REQUEST_OUTCOMES:
                 self.requests.labels(mixture, outcome)
             self.request_duration.labels(mixture)
             self.ttft.labels(mixture)
             self.overhead.labels(mixture)
-            for layer in range(1, layers + 1):
+            for layer in range(1, count + 1):
                 self.quorum_misses.labels(mixture, str(layer))
+                self.layer_duration.labels(mixture, str(layer))
+                self.proposals_used.labels(mixture, str(layer))
         for endpoint in endpoints:
             for role in AGENT_ROLES:
                 for outcome in AGENT_OUTCOMES:
@@ -115,6 +126,7 @@ class Metrics:
             self.agent_ttft.labels(endpoint)
             self.inflight.labels(endpoint)
             self.retries.labels(endpoint)
+            self.circuit_open.labels(endpoint)
 
     def observe_agent(
         self,
@@ -127,7 +139,8 @@ class Metrics:
         completion_tokens: int = 0,
     ) -> None:
         self.agent_calls.labels(endpoint, role, outcome).inc()
-        self.agent_duration.labels(endpoint, role).observe(duration_s)
+        if outcome != "skipped":  # never sent (circuit open): its ~0 s would drag the latency quantiles down
+            self.agent_duration.labels(endpoint, role).observe(duration_s)
         if ttft_s is not None:
             self.agent_ttft.labels(endpoint).observe(ttft_s)
         if prompt_tokens:
