@@ -109,6 +109,16 @@ class Gateway:
         data += [self._model(name, "endpoint") for name in self.config.endpoints]
         return JSONResponse({"object": "list", "data": data})
 
+    async def model(self, request: Request) -> Response:
+        name = request.path_params["model"]
+        kind = "mixture" if name in self.config.mixtures else "endpoint" if name in self.config.endpoints else None
+        if kind is None:
+            known = ", ".join(self.config.model_names())
+            status, headers, body = error_parts(ModelNotFound(f"model '{name}' does not exist; available: {known}",
+                                                              param="model"))  # fmt: skip
+            return Response(body, status, headers={k.decode(): v.decode() for k, v in headers})
+        return JSONResponse(self._model(name, kind))
+
     def _model(self, name: str, kind: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": self.created, "owned_by": "moa-local", "moa_kind": kind}
 
@@ -198,6 +208,7 @@ def create_app(config: Config, metrics: Metrics | None = None, *, probe: bool = 
     routes = [
         Route("/v1/chat/completions", gateway.chat, methods=["POST"]),
         Route("/v1/models", gateway.models, methods=["GET"]),
+        Route("/v1/models/{model:path}", gateway.model, methods=["GET"]),
         Route("/health", gateway.health, methods=["GET"]),
         Route("/ready", gateway.ready, methods=["GET"]),
         Route("/metrics", gateway.metrics_text, methods=["GET"]),

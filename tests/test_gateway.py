@@ -268,6 +268,14 @@ def test_models_lists_mixtures_and_endpoints(stack: Stack) -> None:
     assert {m.object for m in models} == {"model"} and {m.owned_by for m in models} == {"moa-local"}
 
 
+def test_models_retrieve_one_by_name(stack: Stack) -> None:
+    assert stack.gw.client().models.retrieve("mix").id == "mix"
+    assert stack.gw.client().models.retrieve("p1").id == "p1"
+    missing = stack.gw.http.get("/v1/models/nope")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "model_not_found" and "mix" in missing.json()["error"]["message"]
+
+
 def test_health_ready_and_metrics(stack: Stack) -> None:
     gw = stack.gw
     assert gw.http.get("/health").json() == {"status": "ok"}
