@@ -1,0 +1,145 @@
+"""Engine processes seen through /proc: ownership, liveness, signals, memory.
+
+A recorded PID is only ever signalled after checking that it still belongs to
+the engine we started: its environment carries our marker variable (or, when
+the environment cannot be read, its command line names the recorded program).
+Engines run as session leaders, so their children share the leader's process
+group; a SIGKILL after the grace period goes to the whole group. Linux only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+MARKER_ENV = "MOA_LOCAL_ENGINE_ID"
+_PROC = Path("/proc")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    # The command name (2nd field) is in parentheses and may contain spaces.
+    return raw[raw.rfind(")") + 2 :].split()
+
+
+def is_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie (zombies of our own are reaped)."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return False
+    if fields[0] in ("Z", "X"):
+        reap(pid)
+        return False
+    return True
+
+
+def reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):  # not our child: its own parent reaps it
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _environ(pid: int) -> dict[str, str] | None:
+    try:
+        raw = (_PROC / str(pid) / "environ").read_bytes()
+    except OSError:
+        return None
+    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+    return {key.decode(errors="replace"): value.decode(errors="replace") for key, value in pairs}
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        raw = (_PROC / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def is_ours(pid: int, marker: str, command: Sequence[str]) -> bool:
+    """Does `pid` still run the engine we started (and not a reused PID)?"""
+    if not is_alive(pid):
+        return False
+    env = _environ(pid)
+    if env is not None:
+        return env.get(MARKER_ENV) == marker
+    return cmdline(pid)[: len(command)] == list(command)
+
+
+def group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in _PROC.iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields is not None and len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+                members.append(int(entry.name))
+    return members
+
+
+def group_memory_bytes(pgid: int) -> int:
+    """Memory of the group (the server and its engine workers): the sum of their proportional
+    set sizes, so pages they share are counted once, not once per process."""
+    total = 0
+    for pid in group_members(pgid):
+        try:
+            rollup = (_PROC / str(pid) / "smaps_rollup").read_text()
+        except OSError:
+            continue
+        for line in rollup.splitlines():
+            if line.startswith("Pss:"):
+                total += int(line.split()[1]) * 1024
+                break
+    return total
+
+
+def _signal(pid: int, sig: signal.Signals, group: bool) -> None:
+    try:
+        if group:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def terminate(pids: Sequence[int], grace_s: float) -> dict[int, str]:
+    """SIGTERM each leader, wait for the groups to exit, SIGKILL what is left.
+
+    Returns, per PID, "stopped" (exited on SIGTERM) or "killed".
+    """
+    for pid in pids:
+        _signal(pid, signal.SIGTERM, group=False)
+    deadline = time.monotonic() + grace_s
+    outcome: dict[int, str] = {}
+    pending = list(pids)
+    while pending and time.monotonic() < deadline:
+        for pid in list(pending):
+            if not is_alive(pid) and not group_members(pid):
+                outcome[pid] = "stopped"
+                pending.remove(pid)
+        if pending:
+            time.sleep(0.2)
+    for pid in pending:
+        _signal(pid, signal.SIGKILL, group=True)
+        outcome[pid] = "killed"
+    kill_deadline = time.monotonic() + 10
+    while any(is_alive(pid) or group_members(pid) for pid in pending) and time.monotonic() < kill_deadline:
+        time.sleep(0.1)
+    return outcome
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 64 * 1024))
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
