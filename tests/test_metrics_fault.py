@@ -192,9 +192,10 @@ def test_metrics_route_serves_prometheus_text(fake_engine: FakeEngineFactory, ga
     assert 'moa_requests_total{mixture="mix",outcome="ok"} 1.0' in response.text
 
 
+# The exposition format lists labels in alphabetical order.
 @pytest.mark.parametrize("series", ['moa_requests_total{mixture="mix",outcome="error"} 0.0',
-                                    'moa_quorum_misses_total{mixture="mix",layer="1"} 0.0',
-                                    'moa_agent_calls_total{endpoint="a",role="proposer",outcome="error"} 0.0',
+                                    'moa_quorum_misses_total{layer="1",mixture="mix"} 0.0',
+                                    'moa_agent_calls_total{endpoint="a",outcome="error",role="proposer"} 0.0',
                                     'moa_tokens_total{endpoint="a",kind="completion"} 0.0'])  # fmt: skip
 def test_configured_series_exist_at_zero_before_any_traffic(
     series: str, fake_engine: FakeEngineFactory, gateway_server: GatewayFactory
