@@ -23,7 +23,7 @@ from moa_local.errors import ConfigError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")  # ${VAR} or ${VAR:-default}
 
 
 class _Frozen(BaseModel):
@@ -219,10 +219,12 @@ def _expand_env(value: Any, path: tuple[str, ...], source: str) -> Any:
     if isinstance(value, str):
 
         def substitute(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name not in os.environ:
-                raise ConfigError(f"{source}: {'.'.join(path)}: environment variable {name} is not set")
-            return os.environ[name]
+            name, default = match.group(1), match.group(2)
+            if os.environ.get(name):
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{source}: {'.'.join(path)}: environment variable {name} is not set")
 
         return _ENV_REF.sub(substitute, value)
     return value

@@ -235,6 +235,17 @@ def test_env_var_unset_inside_a_list(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert error_of(tmp_path, text) == "endpoints.qwen.serve.args.1: environment variable MOA_TEST_UNSET is not set"
 
 
+def test_env_var_default_applies_when_unset_or_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    serve = "serve: {engine: vllm-cpu, model_path: '${MOA_TEST_ROOT:-/opt/m}/qwen'}"
+    text = BASE.replace("model: q}", f"model: q, {serve}}}")
+    monkeypatch.delenv("MOA_TEST_ROOT", raising=False)
+    assert load_config(write(tmp_path, text)).endpoints["qwen"].serve.model_path == "/opt/m/qwen"  # type: ignore[union-attr]
+    monkeypatch.setenv("MOA_TEST_ROOT", "")
+    assert load_config(write(tmp_path, text)).endpoints["qwen"].serve.model_path == "/opt/m/qwen"  # type: ignore[union-attr]
+    monkeypatch.setenv("MOA_TEST_ROOT", "/data")
+    assert load_config(write(tmp_path, text)).endpoints["qwen"].serve.model_path == "/data/qwen"  # type: ignore[union-attr]
+
+
 def test_api_key_env_is_read_at_call_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = load_config(write(tmp_path, BASE.replace("model: q}", "model: q, api_key_env: MOA_TEST_KEY}")))
     monkeypatch.delenv("MOA_TEST_KEY", raising=False)
