@@ -9,6 +9,13 @@ error tree of `errors.py`. Every call is streamed so that time to first
 token is known for proposers too; each fills an `AgentTrace` and records
 its metrics in `finally`.
 
+Chat streams are read as plain SSE JSON over the client's own HTTP
+connection pool rather than through the SDK's request and chunk objects,
+which cost five times the CPU of the HTTP exchange itself and capped the
+gateway's throughput (see docs/benchmarks.md). An engine's error status
+still becomes the SDK's own exception, so translation and backoff see the
+same errors either way.
+
 Left out on purpose: load balancing across replicas of one model (put a
 balancer or several vLLM replicas behind one URL).
 """
@@ -16,6 +23,7 @@ balancer or several vLLM replicas behind one URL).
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections.abc import AsyncGenerator, Mapping
@@ -26,7 +34,6 @@ from typing import Any
 
 import httpx2
 import openai
-from openai.types.chat import ChatCompletionChunk
 
 from moa_local.breaker import CircuitBreaker
 from moa_local.config import EndpointConfig
@@ -88,13 +95,16 @@ class Endpoint:
         limits = httpx2.Limits(
             max_connections=config.max_concurrency, max_keepalive_connections=config.max_concurrency
         )
+        self.http = openai.DefaultAsyncHttpx2Client(limits=limits, timeout=timeout)
         self.client = openai.AsyncOpenAI(
             base_url=config.base_url,
             api_key=config.resolved_api_key() or "none",
             max_retries=0,  # retries are ours: bounded, jittered, never mid-stream
             timeout=timeout,
-            http_client=openai.DefaultAsyncHttpx2Client(limits=limits, timeout=timeout),
+            http_client=self.http,
         )
+        self._chat_url = f"{config.base_url}/chat/completions"
+        self._headers = {"authorization": f"Bearer {config.resolved_api_key() or 'none'}"}
 
     async def close(self) -> None:
         await self.client.close()
@@ -160,35 +170,49 @@ class Endpoint:
             started = False
             try:
                 async with asyncio.timeout_at(_loop_deadline(deadline)):
-                    request: dict[str, Any] = {
+                    body = {
                         "model": self.config.model,
                         "messages": messages,
                         "stream": True,
                         "stream_options": {"include_usage": True},
-                        "timeout": httpx2.Timeout(
-                            max(0.001, deadline - time.perf_counter()), connect=self.config.connect_timeout_s
-                        ),
                         **sampling.body(),
                     }
-                    stream: openai.AsyncStream[ChatCompletionChunk] = await self.client.chat.completions.create(
-                        **request
+                    timeout = httpx2.Timeout(
+                        max(0.001, deadline - time.perf_counter()), connect=self.config.connect_timeout_s
                     )
-                async with stream:
-                    async for chunk in stream:
+                    request = self.http.build_request(
+                        "POST", self._chat_url, json=body, headers=self._headers, timeout=timeout
+                    )
+                    response = await self.http.send(request, stream=True)
+                try:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        raise _status_error(response)
+                    async for line in response.aiter_lines():
+                        if not line.startswith("data:") or line == "data: [DONE]":
+                            continue
                         if time.perf_counter() > deadline:
                             raise TimeoutError
-                        if chunk.usage is not None:
-                            trace.prompt_tokens = chunk.usage.prompt_tokens
-                            trace.completion_tokens = chunk.usage.completion_tokens
-                        for choice in chunk.choices:
-                            if choice.finish_reason is not None and choice.index < len(finish):
-                                finish[choice.index] = choice.finish_reason
-                            text = choice.delta.content if choice.delta else None
+                        chunk = json.loads(line[5:])
+                        if chunk.get("error") or chunk.get("object") == "error":
+                            error = chunk.get("error") or chunk
+                            raise StreamBroken(self.name, f"the engine sent an error: {error.get('message')}")
+                        usage = chunk.get("usage")
+                        if usage:
+                            trace.prompt_tokens = usage.get("prompt_tokens") or 0
+                            trace.completion_tokens = usage.get("completion_tokens") or 0
+                        for choice in chunk.get("choices") or ():
+                            index = choice.get("index", 0)
+                            if choice.get("finish_reason") is not None and index < len(finish):
+                                finish[index] = choice["finish_reason"]
+                            text = (choice.get("delta") or {}).get("content")
                             if text:
                                 if trace.ttft_s is None:
                                     trace.ttft_s = time.perf_counter() - start
                                 started = True
-                                yield choice.index, text
+                                yield index, text
+                finally:
+                    await response.aclose()
                 if None in finish:
                     raise StreamBroken(self.name, "the stream ended before the answer was finished")
                 return
@@ -231,6 +255,17 @@ def translate(endpoint: str, exc: BaseException, started: bool) -> BackendError:
     if isinstance(exc, openai.APIError):
         return StreamBroken(endpoint, f"the engine sent an error: {exc.message}")
     return BackendError(endpoint, f"unexpected {type(exc).__name__}: {exc}")
+
+
+def _status_error(response: httpx2.Response) -> openai.APIStatusError:
+    """The SDK's own exception for an engine's 4xx/5xx, as its client would raise it."""
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = response.text or None
+    data = body.get("error", body) if isinstance(body, dict) else body
+    kind = openai.RateLimitError if response.status_code == 429 else openai.APIStatusError
+    return kind(f"Error code: {response.status_code}", response=response, body=data)
 
 
 def _status_message(exc: openai.APIStatusError) -> str:
