@@ -3,6 +3,7 @@
     MoaError
     ├── ConfigError              a config file is wrong (file, key path, value)
     ├── ServingError             an engine process could not be set up, started or stopped
+    ├── BenchError               a benchmark cannot run (bad levels, dataset, output folder)
     └── RequestFailed            a request could not be answered; carries an HTTP status
         ├── InvalidRequest       400  a field of the request is wrong
         ├── AuthError            401  missing or wrong API key
@@ -35,6 +36,10 @@ class ConfigError(MoaError):
 
 class ServingError(MoaError):
     """An engine process could not be set up, started or stopped."""
+
+
+class BenchError(MoaError):
+    """A benchmark cannot run as asked (its levels, dataset or output folder)."""
 
 
 class RequestFailed(MoaError):
