@@ -8,7 +8,7 @@
 #   3. a batch through the gateway's concurrent pipeline, against the
 #      engines' saturated throughput (direct load, same calls, no layer
 #      dependency) and the reference implementation's one-at-a-time pattern.
-# About 20 minutes on 2 cores.
+# About 22 minutes on 2 cores, most of it waiting for Qwen.
 # Starts the engines (bench/cpu-bench.yaml: float32, see there) unless they
 # already answer on 8101/8102, and then stops them at the end.
 #
@@ -64,23 +64,24 @@ for name in $ENGINES; do
   for side in direct gateway gateway direct; do
     round=$((round + 1))
     if [[ $side == direct ]]; then args=("${direct[@]}"); else args=("${via[@]}"); fi
-    "$MOA" bench "${args[@]}" --concurrency 16 --requests 32 --duration-limit 40 --max-tokens 32 --warmup 1 \
+    "$MOA" bench "${args[@]}" --concurrency 16 --requests 32 --duration-limit 40 --max-tokens 24 --warmup 1 \
       "${metrics[@]}" --out "$out/passthrough/$name-$round-$side-throughput" --quiet
   done
 done
 
 # 3. A batch: every prompt submitted at once, the gateway's concurrent pipeline scheduling them (each
-#    endpoint keeps at most its max_concurrency, 16, in flight), against the engines' ceiling for the
-#    same calls sent straight to them with no layer dependency (16 in flight per engine), and against
-#    the reference implementation's one-at-a-time pattern.
+#    endpoint keeps at most its max_concurrency, 16, in flight), against the engines' saturated
+#    throughput (each engine kept busy with its share of the same calls, straight from the load
+#    generator, no layer dependency, 16 in flight each; rate over 60 s after 20 s of warm-up), and
+#    against the reference implementation's one-at-a-time pattern.
 "$MOA" bench --url "$gw" --model moa-bench --concurrency 32 --requests 32 --max-tokens 48 --warmup 1 \
   "${metrics[@]}" --out "$out/batch/moa-bench"
-"$MOA" bench --url "$gw" --model moa-bench-balanced --concurrency 48 --requests 48 --max-tokens 48 --warmup 1 \
+"$MOA" bench --url "$gw" --model moa-bench-balanced --concurrency 32 --requests 32 --max-tokens 48 --warmup 1 \
   "${metrics[@]}" --out "$out/batch/moa-bench-balanced"
-"$PY" bench/saturation.py --config bench/cpu-bench.yaml --mixture moa-bench --prompts 32 --max-tokens 48 \
-  --concurrency 16 --out "$out/saturation-moa-bench.json"
-"$PY" bench/saturation.py --config bench/cpu-bench.yaml --mixture moa-bench-balanced --prompts 48 \
-  --max-tokens 48 --concurrency 16 --out "$out/saturation-moa-bench-balanced.json"
-"$PY" bench/reference_moa.py --config bench/cpu-bench.yaml --mixture moa-bench --prompts 4 --max-tokens 48 \
+for mixture in moa-bench moa-bench-balanced; do
+  "$PY" bench/saturation.py --config bench/cpu-bench.yaml --mixture "$mixture" --prompts 32 --max-tokens 48 \
+    --concurrency 16 --warmup 20 --window 60 --out "$out/saturation-$mixture.json"
+done
+"$PY" bench/reference_moa.py --config bench/cpu-bench.yaml --mixture moa-bench --prompts 3 --max-tokens 48 \
   --out "$out/reference-moa-bench.json"
 load_note | tee "$out/load-after.txt"

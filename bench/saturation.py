@@ -1,12 +1,16 @@
-"""The engines' saturated generation throughput: a mixture's calls with no layer dependency.
+"""The engines' saturated generation throughput, for the calls a mixture makes.
 
-For a batch of prompts, build every call the mixture would make (each
-proposer's, each layer's, the aggregator's, with references of the same
-size as real answers stand-ins) and send them all straight to the engines,
-`--concurrency` in flight per engine, with nothing waiting on anything
-else. What the engines then generate per second is the ceiling a mixture
-scheduler can approach on this machine; `bench/run_all.sh` compares the
-gateway's batch run against it.
+For a set of prompts, build every call the mixture would make (each
+proposer's, each layer's, the aggregator's; references are stand-ins as
+long as real answers, different for every prompt so that the engines'
+prefix cache gains nothing a real run would not), then keep every engine
+busy with its own share of those calls, `--concurrency` in flight each,
+cycling through them, with nothing waiting on anything else. After a
+warm-up, each engine's generated-token counter (`/metrics`) is read over a
+fixed window: that rate, per engine and summed, is the ceiling a mixture
+scheduler can approach on this machine. The calls still running when the
+window closes are cancelled (closing the stream makes vLLM drop them).
+`bench/targets.py` compares the gateway's batch run against it.
 
     python bench/saturation.py --config bench/cpu-bench.yaml --mixture moa-bench \
         --prompts 32 --max-tokens 48 --out bench-out/saturation.json
@@ -16,44 +20,51 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
+import random
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from moa_local.bench_client import Target, send
-from moa_local.bench_dataset import load_conversations
-from moa_local.bench_engines import EngineWatch
+from moa_local.bench_dataset import BUILTIN, load_conversations
+from moa_local.bench_engines import metrics_url, scrape
 from moa_local.bench_stats import RequestRecord, summarize
 from moa_local.config import Config, MixtureConfig, load_config
 from moa_local.references import build_messages
 
-# A stand-in for one proposer's answer: about as long as a real one of `tokens` tokens.
-FILLER = ("Here is a careful answer: the main points come first, then a short example, "
-          "and finally a note on the limits of the approach and what to read next. ")  # fmt: skip
+WORDS = sorted({word.strip(".,?!'").lower() for prompt in BUILTIN for word in prompt.split()} - {""})
 
 
-def filler(tokens: int) -> str:
-    text = FILLER * (1 + tokens * 4 // len(FILLER))
-    return text[: tokens * 4]
+def filler(tokens: int, seed: str) -> str:
+    """A stand-in for one proposer's answer of about `tokens` tokens; its words depend on `seed`."""
+    rng = random.Random(seed)
+    words: list[str] = []
+    while sum(len(word) + 1 for word in words) < tokens * 4:
+        words.append(rng.choice(WORDS))
+    return " ".join(words)
 
 
 def calls(config: Config, mixture: MixtureConfig, conversations: list[Any], max_tokens: int) -> dict[str, list[Any]]:
     """Per endpoint: (target, messages) of every call the mixture makes for these prompts."""
     per_endpoint: dict[str, list[Any]] = defaultdict(list)
-    for conversation in conversations:
+    for number, conversation in enumerate(conversations):
         references: list[str] = []
-        for layer in mixture.layers:
+        for depth, layer in enumerate(mixture.layers):
             for agent in layer.agents:
                 endpoint = config.endpoints[agent.endpoint]
-                target = Target(endpoint.base_url, endpoint.model, agent.max_tokens, agent.temperature, trace=False)
+                target = Target(endpoint.base_url, endpoint.model, agent.max_tokens, agent.temperature, trace=False,
+                                n=agent.n)  # fmt: skip
                 messages = build_messages(conversation, references, mixture.reference_prompt, agent.system_prompt)
-                per_endpoint[agent.endpoint] += [(target, messages)] * agent.n
-            references = [filler(agent.max_tokens) for agent in layer.agents for _ in range(agent.n)]
+                per_endpoint[agent.endpoint].append((target, messages))
+            samples = [agent.max_tokens for agent in layer.agents for _ in range(agent.n)]
+            references = [filler(tokens, f"{number}.{depth}.{i}") for i, tokens in enumerate(samples)]
         agg = mixture.aggregator
         endpoint = config.endpoints[agg.endpoint]
         target = Target(endpoint.base_url, endpoint.model, max_tokens, agg.temperature, trace=False)
@@ -62,38 +73,54 @@ def calls(config: Config, mixture: MixtureConfig, conversations: list[Any], max_
     return per_endpoint
 
 
-async def load(config: Config, work: dict[str, list[Any]], concurrency: int, limit_s: float) -> dict[str, Any]:
-    urls = tuple(config.endpoints[name].base_url for name in work)
+async def load(
+    config: Config, work: dict[str, list[Any]], concurrency: int, warmup_s: float, window_s: float
+) -> dict[str, Any]:
+    urls = {name: metrics_url(config.endpoints[name].base_url) for name in work}
     records: dict[str, list[RequestRecord]] = {name: [] for name in work}
-    limits = httpx.Limits(max_connections=concurrency * len(work))
-    client = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(300.0, connect=10.0))
-    async with client, EngineWatch(urls) as watch:
+    limits = httpx.Limits(max_connections=concurrency * len(work) + len(work))
+    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(600.0, connect=10.0)) as client:
         origin = time.perf_counter()
-        stop_at = origin + limit_s
 
-        async def worker(name: str, queue: list[Any]) -> None:
-            while queue and time.perf_counter() < stop_at:
-                target, messages = queue.pop(0)
+        async def worker(name: str, calls: Iterator[Any]) -> None:
+            while True:
+                target, messages = next(calls)
                 record = RequestRecord(name, "closed", float(concurrency), len(records[name]))
                 records[name].append(await send(client, target, messages, record, origin))
 
-        await asyncio.gather(*(worker(name, queue) for name, queue in work.items() for _ in range(concurrency)))
-        wall = time.perf_counter() - origin
-    per_engine = {}
-    for name, mine in records.items():
-        summary = summarize(mine, wall)
-        per_engine[name] = {"calls": summary.requests, "errors": summary.errors,
-                            "generated_tokens_per_s": summary.generated_tokens_per_s,
-                            "ttft_p50_s": summary.ttft_s.p50, "e2e_p50_s": summary.e2e_s.p50}  # fmt: skip
-    engines = watch.figures(wall)
-    engine_rate = [e["generation_tokens_per_s"] for e in engines]
+        tasks = [asyncio.create_task(worker(name, itertools.cycle(queue)))
+                 for name, queue in work.items() for _ in range(concurrency)]  # fmt: skip
+        try:
+            await asyncio.sleep(warmup_s)
+            before = {name: await scrape(client, url) for name, url in urls.items()}
+            await asyncio.sleep(window_s)
+            after = {name: await scrape(client, url) for name, url in urls.items()}
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    per_engine: dict[str, Any] = {}
+    for name in work:
+        first, last = before[name], after[name]
+        rate = None
+        if isinstance(first, dict) and isinstance(last, dict) and "generation_tokens" in first:
+            rate = (last["generation_tokens"] - first["generation_tokens"]) / window_s
+        done = [r for r in records[name] if r.ok]
+        per_engine[name] = {
+            "url": urls[name],
+            "generation_tokens_per_s": rate,
+            "calls_completed": len(done),
+            "errors": sum(1 for r in records[name] if not r.ok and r.error),
+            "e2e_p50_s": summarize(done).e2e_s.p50 if done else None,
+            "note": next((x for x in (first, last) if isinstance(x, str)), None),
+        }
+    rates = list({e["url"]: e["generation_tokens_per_s"] for e in per_engine.values()}.values())  # once per engine
     return {
-        "wall_s": wall,
+        "warmup_s": warmup_s,
+        "window_s": window_s,
         "concurrency_per_engine": concurrency,
-        "generated_tokens_per_s": sum(e["generated_tokens_per_s"] for e in per_engine.values()),
-        "engine_generated_tokens_per_s": sum(engine_rate) if None not in engine_rate else None,
-        "per_endpoint": per_engine,
-        "engines": engines,
+        "generated_tokens_per_s": sum(rates) if None not in rates else None,
+        "engines": per_engine,
     }
 
 
@@ -104,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=48, help="the aggregator's max_tokens (as the bench sends)")
     parser.add_argument("--concurrency", type=int, default=16, help="calls in flight per engine")
-    parser.add_argument("--duration-limit", type=float, default=120.0)
+    parser.add_argument("--warmup", type=float, default=20.0, help="seconds of load before the window opens")
+    parser.add_argument("--window", type=float, default=60.0, help="seconds over which the rates are measured")
     parser.add_argument("--dataset", default="builtin")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
@@ -113,12 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     conversations = [conversations[i % len(conversations)] for i in range(args.prompts)]
     work = calls(config, config.mixtures[args.mixture], conversations, args.max_tokens)
     counts = {name: len(queue) for name, queue in work.items()}
-    result = asyncio.run(load(config, work, args.concurrency, args.duration_limit))
-    result.update(mixture=args.mixture, prompts=args.prompts, calls=counts)
+    result = asyncio.run(load(config, work, args.concurrency, args.warmup, args.window))
+    result.update(mixture=args.mixture, prompts=args.prompts, calls_per_cycle=counts)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"saturation: {result['generated_tokens_per_s']:.1f} generated tok/s (client), "
-          f"{result['engine_generated_tokens_per_s'] or 0:.1f} (engines)", file=sys.stderr)  # fmt: skip
+    rates = ", ".join(f"{name} {e['generation_tokens_per_s'] or 0:.1f}" for name, e in result["engines"].items())
+    print(f"saturation: {result['generated_tokens_per_s'] or 0:.1f} generated tok/s ({rates})", file=sys.stderr)
     return 0
 
 

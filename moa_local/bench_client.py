@@ -40,6 +40,7 @@ class Target:
     trace: bool = True  # ask the gateway for its `moa` trace (leave off for a bare engine)
     api_key: str | None = None
     timeout_s: float = 300.0
+    n: int = 1  # samples per request (engines only: the gateway refuses n > 1)
 
     @property
     def chat_url(self) -> str:
@@ -55,6 +56,8 @@ class Target:
         }
         if self.temperature is not None:
             body["temperature"] = self.temperature
+        if self.n != 1:
+            body["n"] = self.n
         if self.trace:
             body["moa"] = {"trace": True}
         return body
@@ -98,8 +101,8 @@ class _Stream:
         if isinstance(event.get("moa"), dict):
             self.trace = event["moa"]
         for choice in event.get("choices") or ():
-            delta = choice.get("delta") or {}
-            if delta.get("content"):
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if isinstance(delta, dict) and delta.get("content"):
                 self._token(time.perf_counter())
 
     def _token(self, now: float) -> None:
@@ -157,25 +160,30 @@ async def send(
         record.error = f"{type(exc).__name__}: {exc}"[:300]
     except ValueError as exc:  # a malformed SSE event (json.JSONDecodeError is a ValueError)
         record.error = f"bad stream: {exc}"[:300]
+    except (TypeError, AttributeError) as exc:  # well-formed JSON of an unexpected shape
+        record.error = f"bad stream: unexpected event shape ({exc})"[:300]
     record.e2e_s = time.perf_counter() - started
     record.ok = record.error is None
     return record
 
 
 def _read_trace(record: RequestRecord, trace: dict[str, Any]) -> None:
+    """Overhead, critical path, layer times and the answer's own tokens from the gateway's trace."""
     overhead = trace.get("overhead_s")
     record.overhead_s = float(overhead) if isinstance(overhead, int | float) else None
-    critical = 0.0
+    layers = 0.0
     for layer in trace.get("layers") or ():
         record.layer_s.append(float(layer.get("duration_s") or 0.0))
-        critical += max((float(agent.get("latency_s") or 0.0) for agent in layer.get("agents") or ()), default=0.0)
+        layers += max((float(agent.get("latency_s") or 0.0) for agent in layer.get("agents") or ()), default=0.0)
+    record.critical_path_s = layers
     aggregator = trace.get("aggregator")
     if isinstance(aggregator, dict):
-        critical += float(aggregator.get("latency_s") or 0.0)
+        record.critical_path_s += float(aggregator.get("latency_s") or 0.0)
+        if isinstance(aggregator.get("ttft_s"), int | float):
+            record.path_ttft_s = layers + float(aggregator["ttft_s"])
         answer_tokens = _int(aggregator.get("completion_tokens"))
         if answer_tokens is not None:
             record.completion_tokens = answer_tokens
-    record.critical_path_s = critical
 
 
 def _error_message(body: bytes) -> str:

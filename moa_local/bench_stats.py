@@ -40,6 +40,7 @@ class RequestRecord:
     generated_tokens: int | None = None  # every call's completion tokens (usage of the whole answer)
     overhead_s: float | None = None  # the gateway's trace: wall time minus critical path
     critical_path_s: float | None = None  # slowest agent per layer + aggregator, from the trace
+    path_ttft_s: float | None = None  # slowest agent per layer + the aggregator's own time to first token
     layer_s: list[float] = field(default_factory=list)  # per proposer layer, from the trace
 
     def as_dict(self) -> dict[str, Any]:
@@ -86,6 +87,7 @@ class Summary:
     itl_s: Spread
     overhead_s: Spread  # the gateway's own figure (trace)
     client_overhead_s: Spread  # end to end at the client minus the critical path
+    added_ttft_s: Spread  # time to first token at the client minus the engines' share of it (trace)
     overhead_share: Spread  # overhead_s / e2e_s per request
     error_kinds: dict[str, int]
 
@@ -153,6 +155,9 @@ def summarize(records: Sequence[RequestRecord], wall_s: float | None = None) -> 
         overhead_s=Spread.of([r.overhead_s for r in traced if r.overhead_s is not None]),
         client_overhead_s=Spread.of(
             [max(0.0, r.e2e_s - r.critical_path_s) for r in with_path if r.critical_path_s is not None]
+        ),
+        added_ttft_s=Spread.of(
+            [r.ttft_s - r.path_ttft_s for r in good if r.ttft_s is not None and r.path_ttft_s is not None]
         ),
         overhead_share=Spread.of([r.overhead_s / r.e2e_s for r in traced if r.overhead_s is not None and r.e2e_s > 0]),
         error_kinds=dict(Counter(error_kind(r) for r in bad).most_common()),

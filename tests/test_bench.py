@@ -13,12 +13,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner
-from fake_fixtures import FakeEngineFactory
+from fake_fixtures import FakeEngineFactory, ServerThread
 from gateway_fixtures import GatewayFactory, GatewayServer, fake_config, mixture
 
 from moa_local.bench import BenchPlan, BenchResult, Segment, parse_levels
+from moa_local.bench_client import Target, send
 from moa_local.bench_engines import metrics_url, parse
 from moa_local.bench_plots import write_plots
 from moa_local.bench_stats import RequestRecord, summarize
@@ -70,6 +72,7 @@ def test_bench_run_writes_every_file_with_sane_numbers(stack: tuple[GatewayServe
             assert 0 < s["ttft_s"]["p50"] <= s["e2e_s"]["p50"] <= s["e2e_s"]["p99"]
             assert s["itl_s"]["count"] > 0
             assert s["overhead_s"]["count"] == 8 and s["overhead_s"]["p50"] >= 0
+            assert s["added_ttft_s"]["count"] == 8 and 0 <= s["added_ttft_s"]["p50"] < s["ttft_s"]["p50"]
             engine = s["engines"][0]
             assert engine["url"] == f"{a.url}/metrics" and engine["generated_tokens"] > 0
             cpu = {row["process"]: row for row in s["cpu"]}
@@ -165,6 +168,34 @@ def test_user_errors_are_one_line(fake_engine: FakeEngineFactory, tmp_path: Path
     code, output = bench("--url", a.url, "--model", "a", "--dataset", str(tmp_path / "none.jsonl"),
                          "--out", str(tmp_path / "x"))  # fmt: skip
     assert code == 1 and "dataset" in output
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (b'data: {"choices": 5}\n\ndata: [DONE]\n\n', "bad stream: unexpected event shape"),
+        (b"data: not json\n\n", "bad stream"),
+        (b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\n', "stream ended without [DONE]"),
+        (b'data: {"error": {"message": "engine fell over"}}\n\ndata: [DONE]\n\n', "error event: engine fell over"),
+    ],
+)
+async def test_fault_a_malformed_stream_is_an_error_record(body: bytes, error: str) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        await send({"type": "http.response.body", "body": body})
+
+    server = ServerThread(app).start()
+    try:
+        async with httpx.AsyncClient() as client:
+            target = Target(f"http://127.0.0.1:{server.port}", "m", 8, trace=False)
+            record = await send(
+                client, target, [{"role": "user", "content": "x"}], RequestRecord("m", "closed", 1, 0), 0
+            )
+    finally:
+        server.stop()
+    assert not record.ok and record.error is not None and record.error.startswith(error)
 
 
 def test_parse_levels() -> None:

@@ -92,6 +92,14 @@ def test_summary_overhead_from_the_trace_and_at_the_client() -> None:
     assert summary.client_overhead_s.p50 == pytest.approx(0.012)
 
 
+def test_gateway_part_of_ttft_is_client_ttft_minus_the_engines_part() -> None:
+    records = [record(i, e2e_s=1.0, ttft_s=0.5 + 0.001 * i, path_ttft_s=0.49) for i in range(3)]
+    records.append(record(3, e2e_s=1.0, ttft_s=0.5))  # no trace: not counted
+    summary = summarize(records, wall_s=1.0)
+    assert summary.added_ttft_s.count == 3
+    assert summary.added_ttft_s.p50 == pytest.approx(0.011)
+
+
 def test_summary_falls_back_to_answer_tokens_when_usage_is_missing() -> None:
     summary = summarize([record(0, e2e_s=1.0, completion_tokens=7, generated_tokens=None)], wall_s=2.0)
     assert summary.generated_tokens_per_s == pytest.approx(3.5)
