@@ -6,8 +6,9 @@ prompt text or request ids. Histogram buckets follow vLLM's own so that
 dashboards can put our figures next to the engines' (vLLM's TTFT and e2e
 latency edges, checked against a live engine by the tests). Beyond the
 contract: `moa_agent_retries_total`, `moa_circuit_open`,
-`moa_gateway_inflight` and `moa_quorum_misses_total` (layers below
-`min_ok`). Requests naming no configured model are counted under the
+`moa_gateway_inflight`, `moa_queued` (calls waiting for one of an
+endpoint's `max_concurrency` slots; they count in `moa_inflight` too) and
+`moa_quorum_misses_total` (layers below `min_ok`). Requests naming no configured model are counted under the
 model label "unknown". Building a `Metrics` registers
 nothing globally: tests and apps each make their own.
 """
@@ -80,6 +81,10 @@ class Metrics:
         )  # fmt: skip
         self.tokens = Counter("moa_tokens", "Tokens reported by the engines' usage.", ["endpoint", "kind"], registry=r)
         self.inflight = Gauge("moa_inflight", "Engine calls in flight from us.", ["endpoint"], registry=r)
+        self.queued = Gauge(
+            "moa_queued", "Engine calls of ours waiting for a slot (the endpoint's max_concurrency).", ["endpoint"],
+            registry=r,
+        )  # fmt: skip
         self.proposals_used = Histogram(
             "moa_proposals_used", "Answers a layer passed on.", ["mixture", "layer"],
             buckets=PROPOSAL_BUCKETS, registry=r,
@@ -125,6 +130,7 @@ class Metrics:
                 self.tokens.labels(endpoint, kind)
             self.agent_ttft.labels(endpoint)
             self.inflight.labels(endpoint)
+            self.queued.labels(endpoint)
             self.retries.labels(endpoint)
             self.circuit_open.labels(endpoint)
 

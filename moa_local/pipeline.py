@@ -9,9 +9,10 @@ request fails at once (503 quorum, 504 deadline) naming each endpoint and
 why. A pass-through to one endpoint is the same run with no layers.
 
 It knows nothing of HTTP. Engine calls go through a `Caller` (the endpoint
-pool in production, plain functions in tests). Deadlines bound each wait
-(for a layer, for the aggregator's next token) rather than the generator
-as a whole: an `asyncio.timeout` must not span a `yield` of an async
+pool in production, plain functions in tests), each carrying its request's
+start as its place in a full endpoint's queue (oldest request first).
+Deadlines bound each wait (for a layer, for the aggregator's next token)
+rather than the generator as a whole: an `asyncio.timeout` must not span a `yield` of an async
 generator (it would cancel the consumer instead).
 """
 
@@ -36,7 +37,7 @@ PASSTHROUGH_BACKSTOP_S = 1.0
 
 class Caller(Protocol):
     def stream(
-        self, endpoint: str, messages: list[Message], sampling: Sampling, trace: AgentTrace
+        self, endpoint: str, messages: list[Message], sampling: Sampling, trace: AgentTrace, order: float = 0.0
     ) -> AsyncGenerator[tuple[int, str], None]: ...
 
     def context_window(self, endpoint: str) -> int | None: ...
@@ -138,7 +139,7 @@ class Pipeline:
                 layer_trace = LayerTrace(index)
                 trace.layers.append(layer_trace)
                 answers: list[str] = []
-                layer_run = self._layer(spec, layer, layer_trace, conversation, references, deadline, answers)
+                layer_run = self._layer(spec, layer, layer_trace, conversation, references, start, deadline, answers)
                 async with aclosing(layer_run):
                     async for proposal in layer_run:
                         yield proposal
@@ -156,7 +157,8 @@ class Pipeline:
             )  # fmt: skip
             aggregator.note = fitted.note
             sampling = replace(step.sampling, max_tokens=fitted.max_tokens)
-            async with aclosing(self.caller.stream(step.endpoint, fitted.messages, sampling, aggregator)) as tokens:
+            call = self.caller.stream(step.endpoint, fitted.messages, sampling, aggregator, start)
+            async with aclosing(call) as tokens:
                 while True:
                     try:  # the request's cap bounds each wait for a token; the timeout spans no yield
                         async with asyncio.timeout(max(0.0, deadline - time.perf_counter())):
@@ -199,6 +201,7 @@ class Pipeline:
         layer_trace: LayerTrace,
         conversation: Sequence[Message],
         references: list[str],
+        request_start: float,
         request_deadline: float,
         answers: list[str],
     ) -> AsyncGenerator[Proposal, None]:
@@ -209,7 +212,7 @@ class Pipeline:
         for agent in layer.agents:
             agent_trace = AgentTrace(agent.endpoint, "proposer", samples=agent.n)
             layer_trace.agents.append(agent_trace)
-            task = asyncio.create_task(self._propose(spec, agent, agent_trace, conversation, references))
+            task = asyncio.create_task(self._propose(spec, agent, agent_trace, conversation, references, request_start))
             tasks[task] = agent_trace
         texts_by_agent: dict[int, list[str]] = {}
         pending = set(tasks)
@@ -256,6 +259,7 @@ class Pipeline:
         agent_trace: AgentTrace,
         conversation: Sequence[Message],
         references: list[str],
+        request_start: float,
     ) -> list[str]:
         sampling = _sampling(agent)
         fitted = fit(
@@ -266,7 +270,9 @@ class Pipeline:
         agent_trace.note = fitted.note
         parts: list[list[str]] = [[] for _ in range(agent.n)]
         sampling = replace(sampling, max_tokens=fitted.max_tokens)
-        async with aclosing(self.caller.stream(agent.endpoint, fitted.messages, sampling, agent_trace)) as stream:
+        async with aclosing(
+            self.caller.stream(agent.endpoint, fitted.messages, sampling, agent_trace, request_start)
+        ) as stream:
             async for index, text in stream:
                 if index < agent.n:
                     parts[index].append(text)

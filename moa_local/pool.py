@@ -1,7 +1,8 @@
 """The endpoint pool: one OpenAI client per engine, and every call made to it.
 
 Each `Endpoint` owns an `AsyncOpenAI` client whose connection pool is sized
-to the endpoint's `max_concurrency`, a semaphore enforcing that limit, a
+to the endpoint's `max_concurrency`, an admission limit enforcing it (the
+oldest request's calls first, see `admission.py`), a
 circuit breaker, bounded retries with jittered backoff (connection errors,
 429, 5xx; never once a stream has delivered a token) and an overall timeout
 per call. SDK and transport errors are translated here, once, into the
@@ -35,6 +36,7 @@ from typing import Any
 import httpx2
 import openai
 
+from moa_local.admission import Admission
 from moa_local.breaker import CircuitBreaker
 from moa_local.config import EndpointConfig
 from moa_local.errors import (
@@ -90,7 +92,8 @@ class Endpoint:
         self.config = config
         self.metrics = metrics
         self.breaker = CircuitBreaker(config.circuit.failures, config.circuit.cooldown_s)
-        self._limit = asyncio.Semaphore(config.max_concurrency)
+        self.admission = Admission(config.max_concurrency)
+        metrics.queued.labels(name).set_function(lambda: self.admission.queued)
         timeout = httpx2.Timeout(config.timeout_s, connect=config.connect_timeout_s)
         limits = httpx2.Limits(
             max_connections=config.max_concurrency, max_keepalive_connections=config.max_concurrency
@@ -109,17 +112,23 @@ class Endpoint:
     async def close(self) -> None:
         await self.client.close()
 
-    async def complete(self, messages: list[dict[str, Any]], sampling: Sampling, trace: AgentTrace) -> Answer:
+    async def complete(
+        self, messages: list[dict[str, Any]], sampling: Sampling, trace: AgentTrace, order: float = 0.0
+    ) -> Answer:
         parts: list[list[str]] = [[] for _ in range(sampling.n)]
-        async for index, delta in self.stream(messages, sampling, trace):
+        async for index, delta in self.stream(messages, sampling, trace, order):
             if index < len(parts):
                 parts[index].append(delta)
         return Answer(["".join(p) for p in parts], list(trace.finish_reasons))
 
     async def stream(
-        self, messages: list[dict[str, Any]], sampling: Sampling, trace: AgentTrace
+        self, messages: list[dict[str, Any]], sampling: Sampling, trace: AgentTrace, order: float = 0.0
     ) -> AsyncGenerator[tuple[int, str], None]:
-        """Yield (choice index, text) as the engine produces it; fill `trace`."""
+        """Yield (choice index, text) as the engine produces it; fill `trace`.
+
+        `order` places the call in the endpoint's queue when it is full: the
+        start of the request it serves (lower is older, admitted first).
+        """
         start = time.perf_counter()
         trace.finish_reasons = [None] * sampling.n
         self.metrics.inflight.labels(self.name).inc()
@@ -130,7 +139,8 @@ class Endpoint:
                                           f"probing again in {self.breaker.retry_in_s():.0f}s")  # fmt: skip
             # No asyncio.timeout around a yield: it would cancel the consumer.
             # The call's deadline is checked per chunk and bounds each wait.
-            async with self._limit, aclosing(self._attempts(messages, sampling, trace, start)) as attempts:
+            attempts = self._attempts(messages, sampling, trace, start)
+            async with self.admission.slot(order), aclosing(attempts):
                 async for item in attempts:
                     yield item
             trace.status = "ok"
@@ -316,9 +326,9 @@ class EndpointPool:
         return self._endpoints[name]
 
     def stream(
-        self, endpoint: str, messages: list[dict[str, Any]], sampling: Sampling, trace: AgentTrace
+        self, endpoint: str, messages: list[dict[str, Any]], sampling: Sampling, trace: AgentTrace, order: float = 0.0
     ) -> AsyncGenerator[tuple[int, str], None]:
-        return self._endpoints[endpoint].stream(messages, sampling, trace)
+        return self._endpoints[endpoint].stream(messages, sampling, trace, order)
 
     def context_window(self, endpoint: str) -> int | None:
         return self._configs[endpoint].context_window

@@ -38,10 +38,10 @@ class RecordingPool:
         self.sent: list[tuple[str, str, list[Message]]] = []
 
     def stream(
-        self, endpoint: str, messages: list[Message], sampling: Sampling, trace: AgentTrace
+        self, endpoint: str, messages: list[Message], sampling: Sampling, trace: AgentTrace, order: float = 0.0
     ) -> AsyncGenerator[tuple[int, str], None]:
         self.sent.append((endpoint, trace.role, messages))
-        return self.pool.stream(endpoint, messages, sampling, trace)
+        return self.pool.stream(endpoint, messages, sampling, trace, order)
 
     def context_window(self, endpoint: str) -> int | None:
         return self.pool.context_window(endpoint)

@@ -194,6 +194,7 @@ def test_preset_creates_every_configured_series_at_zero(metrics: Metrics) -> Non
             assert metrics.registry.get_sample_value("moa_agent_calls_total", labels) == 0
         assert metrics.registry.get_sample_value("moa_tokens_total", {"endpoint": endpoint, "kind": "completion"}) == 0
         assert metrics.registry.get_sample_value("moa_inflight", {"endpoint": endpoint}) == 0
+        assert metrics.registry.get_sample_value("moa_queued", {"endpoint": endpoint}) == 0
 
 
 def test_labels_carry_only_the_names_given(metrics: Metrics) -> None:

@@ -67,7 +67,7 @@ class FakeCaller:
         return [call for call in self.calls if call.endpoint == endpoint]
 
     async def stream(
-        self, endpoint: str, messages: list[Message], sampling: Sampling, trace: AgentTrace
+        self, endpoint: str, messages: list[Message], sampling: Sampling, trace: AgentTrace, order: float = 0.0
     ) -> AsyncGenerator[tuple[int, str], None]:
         call = Call(endpoint, messages, sampling, trace)
         self.calls.append(call)

@@ -275,6 +275,8 @@ async def test_fault_probe_answered_with_a_client_error_does_not_wedge_the_circu
 async def test_fault_concurrency_limit_is_honoured(fake_engine: FakeEngineFactory) -> None:
     server = fake_engine(model="m", latency_ms=150, tokens=2)
     seen: list[int] = []
+    queued: list[float] = []
+    metrics = Metrics(CollectorRegistry())
 
     async def watch() -> None:
         while True:
@@ -282,9 +284,10 @@ async def test_fault_concurrency_limit_is_honoured(fake_engine: FakeEngineFactor
             found = re.search(r'^vllm:num_requests_running\{model_name="m"\} (\d+)$', text, re.M)
             assert found is not None
             seen.append(int(found.group(1)))
+            queued.append(value(metrics, "moa_queued", endpoint="e"))
             await asyncio.sleep(0.005)
 
-    async with opened(server.base_url, max_concurrency=2) as endpoint:
+    async with opened(server.base_url, metrics, max_concurrency=2) as endpoint:
         watcher = asyncio.create_task(watch())
         start = time.perf_counter()
         results = await asyncio.gather(*(call(endpoint) for _ in range(6)))
@@ -292,6 +295,7 @@ async def test_fault_concurrency_limit_is_honoured(fake_engine: FakeEngineFactor
         watcher.cancel()
     assert all(isinstance(answer, Answer) for answer, _ in results)
     assert max(seen) == 2
+    assert max(queued) == 4 and value(metrics, "moa_queued", endpoint="e") == 0  # the other four waited in ours
     assert elapsed >= 3 * 0.15  # three waves of two
     assert chats(server) == 6
 
