@@ -7,8 +7,10 @@ prefix cache gains nothing a real run would not), then keep every engine
 busy with its own share of those calls, `--concurrency` in flight each,
 cycling through them, with nothing waiting on anything else. After a
 warm-up, each engine's generated-token counter (`/metrics`) is read over a
-fixed window: that rate, per engine and summed, is the ceiling a mixture
-scheduler can approach on this machine. The calls still running when the
+fixed window: each engine's saturated rate for these calls, and their sum.
+A batch's ceiling is its own tokens per engine at these rates (the engine
+with the most work for its speed sets the time); the sum is reachable only
+when the mixture splits its work in proportion to the engines' speeds. The calls still running when the
 window closes are cancelled (closing the stream makes vLLM drop them).
 `bench/targets.py` compares the gateway's batch run against it.
 

@@ -14,10 +14,23 @@ Prints a Markdown table (target, measured, met or missed) and writes
   the trace; judged against the direct p50), the A/B difference of the p50s
   (noisier: runs minutes apart), and answer tokens/s at concurrency 16;
 - batch: `cpu/batch/<mixture>` generated tokens/s (every call's tokens),
-  against the engines' summed saturated rates for the mixture's calls
-  (`cpu/saturation-<mixture>.json`) and the reference pattern
-  (`cpu/reference-<mixture>.json`); for context, also against the ceiling
-  for the batch's own split of tokens between the engines;
+  judged against the ceiling for its own work: each engine's share of the
+  batch's generated tokens, at that engine's saturated rate for the
+  mixture's calls (`cpu/saturation-<mixture>.json`). The engine with the
+  most work for its speed (tokens / rate largest) needs the longest, which
+  is the least time the batch can take; the ceiling is all the tokens over
+  that time, so the share is that time over the batch's wall time. Also
+  against the reference pattern (`cpu/reference-<mixture>.json`). For
+  context, the batch against the engines' summed saturated rates: the
+  lineup's use of the engines, not a target. A mixture fixes how its work
+  splits between engines (which agents run where, their max_tokens, the
+  aggregator), so the sum is reachable only when that split matches the
+  engines' speeds; otherwise the faster engine runs out of work while the
+  slower one is still generating, and no scheduler can close the gap short
+  of moving work between engines, which changes the mixture. The judged
+  row names the engine that bounds the ceiling; the context row adds its
+  busy share during the batch (the share of the gauge samples in which it
+  had a request running);
 - capacity: the best closed-loop MoA requests/s with zero errors in
   `fake/capacity`, and the open-loop rates served with zero errors.
 
@@ -29,6 +42,7 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,15 +122,7 @@ def batch_rows(out: Path) -> list[dict[str, Any]]:
         saturation_file, reference_file = cpu / f"saturation-{mixture}.json", cpu / f"reference-{mixture}.json"
         if saturation_file.is_file():
             saturation = json.loads(saturation_file.read_text())
-            ceiling = saturation["generated_tokens_per_s"]
-            share = rate / ceiling * 100
-            rows.append(row(f"batch >= 85% of saturated engine throughput ({mixture})",
-                            f"{share:.0f}% ({rate:.1f} of {ceiling:.1f} generated tok/s)", share >= 85))  # fmt: skip
-            mix = own_mix_ceiling(batch, saturation)
-            if mix is not None:
-                measured = f"{rate / mix * 100:.0f}% ({rate:.1f} of {mix:.1f} generated tok/s)"
-                rows.append(row(f"(context) batch against the ceiling for its own split of work ({mixture})",
-                                measured, None))  # fmt: skip
+            rows += saturation_rows(mixture, batch, saturation)
         if reference_file.is_file():
             reference = json.loads(reference_file.read_text())["generated_tokens_per_s"]
             rows.append(row(f"batch >= 3x the one-at-a-time reference pattern ({mixture})",
@@ -125,15 +131,60 @@ def batch_rows(out: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def own_mix_ceiling(batch: dict[str, Any], saturation: dict[str, Any]) -> float | None:
+def saturation_rows(mixture: str, batch: dict[str, Any], saturation: dict[str, Any]) -> list[dict[str, Any]]:
+    """The judged row (against the batch's own-mix ceiling) and the context row (against the summed rates)."""
+    rate, rows = batch["generated_tokens_per_s"], []
+    target = f"batch >= 85% of the engines' saturated throughput for its own work ({mixture})"
+    mix = own_mix_ceiling(batch, saturation)
+    if mix is None:
+        rows.append(row(target, "unknown: no per-engine generated tokens or saturated rates", None))
+    else:
+        share = rate / mix.tokens_per_s * 100
+        rows.append(row(target,
+                        f"{share:.0f}% ({rate:.1f} of {mix.tokens_per_s:.1f} generated tok/s; bound by {mix.name}: "
+                        f"{mix.tokens:.0f} tokens at {mix.rate:.1f} tok/s = {mix.seconds:.0f} s of the batch's "
+                        f"{batch['wall_s']:.0f} s)",
+                        share >= 85))  # fmt: skip
+    summed = saturation.get("generated_tokens_per_s")
+    if summed:
+        measured = f"{rate / summed * 100:.0f}% ({rate:.1f} of {summed:.1f} generated tok/s summed over the engines"
+        busy = next((e.get("busy_share") for e in batch["engines"] if mix and e["url"] == mix.url), None)
+        measured += f"; {mix.name} busy {busy * 100:.0f}% of the batch)" if mix and busy is not None else ")"
+        rows.append(row(f"(context) the lineup's use of the engines: batch against their summed saturated rates "
+                        f"({mixture})", measured, None))  # fmt: skip
+    return rows
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    tokens_per_s: float  # the whole batch's generated tokens over the least time it can take
+    name: str  # the engine that sets that time (its endpoint names)
+    url: str
+    tokens: float  # that engine's generated tokens in the batch
+    rate: float  # its saturated generation rate
+    seconds: float  # tokens / rate: the least time the batch can take
+
+
+def own_mix_ceiling(batch: dict[str, Any], saturation: dict[str, Any]) -> Ceiling | None:
     """The fastest a batch with this split of tokens between the engines can go: the engine with the most
     work, relative to its saturated rate, sets the time (the others idle part of it)."""
-    rates = {e["url"]: e["generation_tokens_per_s"] for e in saturation["engines"].values()}
-    tokens = {e["url"]: e["generated_tokens"] for e in batch["engines"]}
-    if not tokens or any(tokens.get(url) is None or not rate for url, rate in rates.items()):
+    engines = saturation.get("engines")
+    if not isinstance(engines, dict) or not engines:
         return None
-    busiest_s = max(tokens[url] / rate for url, rate in rates.items())
-    return sum(tokens[url] for url in rates) / busiest_s if busiest_s > 0 else None
+    rates: dict[str, float] = {}
+    names: dict[str, list[str]] = {}
+    for name, engine in engines.items():  # several endpoints may share one engine
+        rates[engine["url"]] = engine["generation_tokens_per_s"]
+        names.setdefault(engine["url"], []).append(name)
+    tokens = {e["url"]: e["generated_tokens"] for e in batch["engines"]}
+    if any(tokens.get(url) is None or not rate for url, rate in rates.items()):
+        return None
+    url = max(rates, key=lambda u: tokens[u] / rates[u])
+    seconds = tokens[url] / rates[url]
+    if seconds <= 0:
+        return None
+    total = sum(tokens[u] for u in rates)
+    return Ceiling(total / seconds, "+".join(names[url]), url, tokens[url], rates[url], seconds)
 
 
 def capacity_rows(out: Path) -> list[dict[str, Any]]:

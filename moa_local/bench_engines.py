@@ -4,8 +4,12 @@
 (KV-cache use, running and waiting requests) every `interval_s` while it
 runs, scrapes again after, and reports per engine: generated and prompt
 tokens (counter deltas), generation tokens/s over the segment's wall time,
-the prefix-cache hit rate, and the peaks of the gauges. A scrape that fails
-is counted and noted, never raised: the load figures stay valid without it.
+the prefix-cache hit rate, the peaks of the gauges, and how occupied the
+engine was: the share of samples with at least one request running (its
+utilisation during the segment) and the mean number running. Only the
+samples taken while the segment runs count there, not the scrapes before
+and after it. A scrape that fails is counted and noted, never raised: the
+load figures stay valid without it.
 
 Left out on purpose: histograms (the client measures latency itself) and
 any metric naming scheme but vLLM's `vllm:*` (with its older aliases).
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -74,12 +79,20 @@ async def scrape(client: httpx.AsyncClient, url: str) -> dict[str, float] | str:
         return f"{url}: unreadable metrics ({exc})"
 
 
+def occupancy(running: Sequence[float]) -> dict[str, float | None]:
+    """From the running-requests gauge's samples: the share with at least one running, and their mean."""
+    if not running:
+        return {"busy_share": None, "mean_running": None}
+    return {"busy_share": sum(1 for n in running if n > 0) / len(running), "mean_running": sum(running) / len(running)}
+
+
 @dataclass
 class _Engine:
     url: str
     before: dict[str, float] = field(default_factory=dict)
     after: dict[str, float] = field(default_factory=dict)
     peaks: dict[str, float] = field(default_factory=dict)
+    running: list[float] = field(default_factory=list)  # the gauge at each sample during the segment
     failures: list[str] = field(default_factory=list)
 
     def take(self, result: dict[str, float] | str) -> dict[str, float]:
@@ -90,6 +103,10 @@ class _Engine:
             if key in result:
                 self.peaks[key] = max(self.peaks.get(key, 0.0), result[key])
         return result
+
+    def sample(self, result: dict[str, float] | str) -> None:
+        if "running" in (figures := self.take(result)):
+            self.running.append(figures["running"])
 
     def figures(self, wall_s: float) -> dict[str, Any]:
         def delta(key: str) -> float | None:
@@ -107,6 +124,8 @@ class _Engine:
             "peak_kv_cache_usage": self.peaks.get("kv_cache_usage"),
             "peak_running": self.peaks.get("running"),
             "peak_waiting": self.peaks.get("waiting"),
+            **occupancy(self.running),
+            "gauge_samples": len(self.running),
             "scrape_failures": len(self.failures),
             "note": self.failures[0] if self.failures else None,
         }
@@ -159,4 +178,4 @@ class EngineWatch:
         while True:
             await asyncio.sleep(self.interval_s)
             for engine, result in zip(self.engines, await self._scrape_all(), strict=True):
-                engine.take(result)
+                engine.sample(result)

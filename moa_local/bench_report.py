@@ -80,11 +80,13 @@ def markdown(result: BenchResult, plots: list[str]) -> str:
     if engine_rows:
         lines += [
             "",
-            "Engine-side figures (each engine's `/metrics`, before and after the segment):",
+            "Engine-side figures (each engine's `/metrics`, before and after the segment). Busy is the share "
+            "of the gauge samples taken during the segment with at least one request running; mean running "
+            "averages the same samples:",
             "",
             "| model | load | engine | generated tokens | generated tok/s | prefix-cache hits | peak KV cache "
-            "| peak running | peak waiting |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|",
+            "| peak running | peak waiting | busy | mean running |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
             *engine_rows,
         ]
     cpu_rows = [_cpu_row(segment, row) for segment in result.segments for row in segment.cpu]
@@ -131,7 +133,8 @@ def _engine_row(segment: Segment, engine: dict[str, Any]) -> str:
     return (
         f"| {segment.summary.model} | {_load(segment)} | {engine['url']} | {number('generated_tokens', 0)} | "
         f"{number('generation_tokens_per_s', 1)} | {_percent(engine.get('prefix_cache_hit_rate'))} | "
-        f"{_percent(engine.get('peak_kv_cache_usage'))} | {number('peak_running', 0)} | {number('peak_waiting', 0)} |"
+        f"{_percent(engine.get('peak_kv_cache_usage'))} | {number('peak_running', 0)} | {number('peak_waiting', 0)} | "
+        f"{_percent(engine.get('busy_share'), 0)} | {number('mean_running', 1)} |"
     )
 
 

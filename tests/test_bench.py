@@ -7,6 +7,7 @@ loop, the engine-side figures, and that plots skip cleanly without matplotlib.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -21,7 +22,7 @@ from gateway_fixtures import GatewayFactory, GatewayServer, fake_config, mixture
 
 from moa_local.bench import BenchPlan, BenchResult, Segment, parse_levels
 from moa_local.bench_client import Target, send
-from moa_local.bench_engines import metrics_url, parse
+from moa_local.bench_engines import EngineWatch, metrics_url, occupancy, parse
 from moa_local.bench_plots import write_plots
 from moa_local.bench_stats import RequestRecord, summarize
 from moa_local.cli import main
@@ -86,6 +87,7 @@ def test_bench_run_writes_every_file_with_sane_numbers(stack: tuple[GatewayServe
     assert all(r["critical_path_s"] > 0 and len(r["layer_s"]) == 1 for r in records if r["model"] == "mix")
     summary = (out / "summary.md").read_text()
     assert "| mix | c=4 | 8 | 0 |" in summary and "Engine-side figures" in summary and "| gateway |" in summary
+    assert "| peak waiting | busy | mean running |" in summary
     plots = ["throughput.png", "latency.png", "overhead.png"]
     if "matplotlib" in sys.modules or _has_matplotlib():
         assert all((out / name).stat().st_size > 1000 for name in plots)
@@ -220,6 +222,34 @@ def test_engine_metrics_parse_vllm_names_and_urls() -> None:
     assert metrics_url("http://h:1/v1") == "http://h:1/metrics"
     assert metrics_url("http://h:1/") == "http://h:1/metrics"
     assert metrics_url("http://h:1/metrics") == "http://h:1/metrics"
+
+
+def test_occupancy_is_the_share_of_samples_with_a_request_running_and_their_mean() -> None:
+    assert occupancy([0.0, 2.0, 3.0, 0.0, 1.0]) == {"busy_share": 0.6, "mean_running": 1.2}
+    assert occupancy([4.0, 4.0]) == {"busy_share": 1.0, "mean_running": 4.0}
+    assert occupancy([]) == {"busy_share": None, "mean_running": None}
+
+
+async def test_engine_watch_samples_how_busy_each_engine_was(fake_engine: FakeEngineFactory) -> None:
+    slow, idle = fake_engine(model="a", latency_ms=400), fake_engine(model="b")
+    async with EngineWatch((slow.url, idle.url), interval_s=0.02) as watch, httpx.AsyncClient() as client:
+        body = {"model": "a", "messages": [{"role": "user", "content": "x"}], "max_tokens": 4}
+        response = await client.post(f"{slow.base_url}/chat/completions", json=body, timeout=10)
+        assert response.status_code == 200
+        await asyncio.sleep(0.4)  # as long idle as busy: about half the samples see the request
+    busy, quiet = watch.figures()
+    assert busy["gauge_samples"] >= 10 and quiet["gauge_samples"] >= 10
+    assert 0.2 < busy["busy_share"] < 0.8 and busy["peak_running"] == 1
+    assert busy["mean_running"] == pytest.approx(busy["busy_share"])  # one request at most: running is 0 or 1
+    assert (quiet["busy_share"], quiet["mean_running"]) == (0.0, 0.0)
+
+
+async def test_engine_watch_without_samples_has_no_busy_share(fake_engine: FakeEngineFactory) -> None:
+    a = fake_engine(model="a")
+    async with EngineWatch((a.url,), interval_s=60) as watch:
+        pass
+    figures = watch.figures()[0]
+    assert (figures["busy_share"], figures["mean_running"], figures["gauge_samples"]) == (None, None, 0)
 
 
 def test_plots_skip_cleanly_without_matplotlib(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
