@@ -111,9 +111,12 @@ class EndpointUnavailable(BackendError):
 
 
 class EndpointStatusError(BackendError):
-    def __init__(self, endpoint: str, message: str, *, upstream_status: int) -> None:
+    def __init__(
+        self, endpoint: str, message: str, *, upstream_status: int, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(endpoint, message)
         self.upstream_status = upstream_status
+        self.retry_after_s = retry_after_s  # the engine's Retry-After, if it sent one
         self.retryable = upstream_status == 429 or upstream_status >= 500
 
 

@@ -1,21 +1,20 @@
-"""The endpoint pool: one OpenAI client per engine, and every call made to it.
+"""The endpoint pool: every engine call, and the clients that make them.
 
-Each `Endpoint` owns an `AsyncOpenAI` client whose connection pool is sized
-to the endpoint's `max_concurrency`, an admission limit enforcing it (the
-oldest request's calls first, see `admission.py`), a
-circuit breaker, bounded retries with jittered backoff (connection errors,
-429, 5xx; never once a stream has delivered a token) and an overall timeout
-per call. SDK and transport errors are translated here, once, into the
-error tree of `errors.py`. Every call is streamed so that time to first
-token is known for proposers too; each fills an `AgentTrace` and records
-its metrics in `finally`.
+Each `Endpoint` has an admission limit of `max_concurrency` calls in
+flight (the oldest request's calls first, see `admission.py`), a circuit
+breaker, bounded retries with jittered backoff (connection errors, 429,
+5xx; never once a stream has delivered a token, never past the call's
+deadline) and an overall timeout per call. Transport errors and engine
+error statuses are translated here, once, into the error tree of
+`errors.py`. Every call is streamed so that time to first token is known
+for proposers too; each fills an `AgentTrace` and records its metrics in
+`finally`.
 
-Chat streams are read as plain SSE JSON over the client's own HTTP
-connection pool rather than through the SDK's request and chunk objects,
-which cost five times the CPU of the HTTP exchange itself and capped the
-gateway's throughput (see docs/benchmarks.md). An engine's error status
-still becomes the SDK's own exception, so translation and backoff see the
-same errors either way.
+Chat streams go over `upstream.py`, a lean HTTP/1.1 client with kept-alive
+connections, and are read as plain SSE JSON: the SDK's request and chunk
+objects, and then the general-purpose HTTP stack under them, were most of
+the gateway's CPU and capped its throughput (see docs/benchmarks.md). The
+`AsyncOpenAI` client still serves the health probes (`/v1/models`).
 
 Left out on purpose: load balancing across replicas of one model (put a
 balancer or several vLLM replicas behind one URL).
@@ -48,6 +47,7 @@ from moa_local.errors import (
 )
 from moa_local.metrics import Metrics
 from moa_local.trace import AgentTrace
+from moa_local.upstream import CallTimeout, ConnectFailed, ConnectionBroken, Upstream
 
 BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 4.0
@@ -94,22 +94,20 @@ class Endpoint:
         self.breaker = CircuitBreaker(config.circuit.failures, config.circuit.cooldown_s)
         self.admission = Admission(config.max_concurrency)
         metrics.queued.labels(name).set_function(lambda: self.admission.queued)
-        timeout = httpx2.Timeout(config.timeout_s, connect=config.connect_timeout_s)
-        limits = httpx2.Limits(
-            max_connections=config.max_concurrency, max_keepalive_connections=config.max_concurrency
-        )
-        self.http = openai.DefaultAsyncHttpx2Client(limits=limits, timeout=timeout)
+        api_key = config.resolved_api_key() or "none"
+        # Engine calls: the lean streaming client. Probes: the SDK, on a small pool of its own.
+        self.upstream = Upstream(
+            config.base_url, connect_timeout_s=config.connect_timeout_s,
+            headers={"authorization": f"Bearer {api_key}", "user-agent": "moa-local"},
+        )  # fmt: skip
+        timeout = httpx2.Timeout(PROBE_TIMEOUT_S, connect=config.connect_timeout_s)
+        self.http = openai.DefaultAsyncHttpx2Client(limits=httpx2.Limits(max_connections=2), timeout=timeout)
         self.client = openai.AsyncOpenAI(
-            base_url=config.base_url,
-            api_key=config.resolved_api_key() or "none",
-            max_retries=0,  # retries are ours: bounded, jittered, never mid-stream
-            timeout=timeout,
-            http_client=self.http,
+            base_url=config.base_url, api_key=api_key, max_retries=0, timeout=timeout, http_client=self.http
         )
-        self._chat_url = f"{config.base_url}/chat/completions"
-        self._headers = {"authorization": f"Bearer {config.resolved_api_key() or 'none'}"}
 
     async def close(self) -> None:
+        await self.upstream.aclose()
         await self.client.close()
 
     async def complete(
@@ -175,34 +173,27 @@ class Endpoint:
     ) -> AsyncGenerator[tuple[int, str], None]:
         deadline = start + self.config.timeout_s
         finish = trace.finish_reasons
+        body = json.dumps(
+            {
+                "model": self.config.model,
+                "messages": messages,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+                **sampling.body(),
+            },
+            ensure_ascii=False,
+        ).encode()
         for attempt in range(self.config.max_retries + 1):
             trace.attempts = attempt + 1
             started = False
             try:
-                async with asyncio.timeout_at(_loop_deadline(deadline)):
-                    body = {
-                        "model": self.config.model,
-                        "messages": messages,
-                        "stream": True,
-                        "stream_options": {"include_usage": True},
-                        **sampling.body(),
-                    }
-                    timeout = httpx2.Timeout(
-                        max(0.001, deadline - time.perf_counter()), connect=self.config.connect_timeout_s
-                    )
-                    request = self.http.build_request(
-                        "POST", self._chat_url, json=body, headers=self._headers, timeout=timeout
-                    )
-                    response = await self.http.send(request, stream=True)
+                response = await self.upstream.post("/chat/completions", body, _loop_deadline(deadline))
                 try:
-                    if response.status_code >= 400:
-                        await response.aread()
-                        raise _status_error(response)
-                    async for line in response.aiter_lines():
+                    if response.status >= 400:
+                        raise _status_error(self.name, response.status, await response.read(), response.headers)
+                    async for line in response.lines():
                         if not line.startswith("data:") or line == "data: [DONE]":
                             continue
-                        if time.perf_counter() > deadline:
-                            raise TimeoutError
                         chunk = json.loads(line[5:])
                         if chunk.get("error") or chunk.get("object") == "error":
                             error = chunk.get("error") or chunk
@@ -226,14 +217,15 @@ class Endpoint:
                 if None in finish:
                     raise StreamBroken(self.name, "the stream ended before the answer was finished")
                 return
-            except TimeoutError:
+            except CallTimeout:
                 raise EndpointTimeout(self.name, f"no complete answer within {self.config.timeout_s:g}s") from None
             except Exception as exc:  # translated once, here
                 error = exc if isinstance(exc, BackendError) else translate(self.name, exc, started)
-                if started or not error.retryable or attempt == self.config.max_retries:
+                left = deadline - time.perf_counter()
+                if started or not error.retryable or attempt == self.config.max_retries or left <= 0:
                     raise error from None
                 self.metrics.retries.labels(self.name).inc()
-                await asyncio.sleep(_backoff(attempt, exc))
+                await asyncio.sleep(min(_backoff(attempt, error), left))
 
     async def served_models(self) -> list[str]:
         """The model names the engine serves (a cheap health probe)."""
@@ -250,7 +242,13 @@ def _loop_deadline(perf_deadline: float) -> float:
 
 
 def translate(endpoint: str, exc: BaseException, started: bool) -> BackendError:
-    """Map an SDK or transport error to our error tree."""
+    """Map a transport or SDK error to our error tree."""
+    if isinstance(exc, ConnectFailed):
+        return EndpointUnavailable(endpoint, f"cannot connect to the engine ({exc.kind})")
+    if isinstance(exc, ConnectionBroken):
+        return StreamBroken(endpoint, f"the stream broke off ({exc.kind})")
+    if isinstance(exc, ValueError):  # a data line that is not JSON
+        return StreamBroken(endpoint, f"the engine sent a malformed stream ({type(exc).__name__})")
     if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
         return EndpointTimeout(endpoint, "timed out waiting for the engine")
     if isinstance(exc, openai.APIStatusError):
@@ -267,15 +265,26 @@ def translate(endpoint: str, exc: BaseException, started: bool) -> BackendError:
     return BackendError(endpoint, f"unexpected {type(exc).__name__}: {exc}")
 
 
-def _status_error(response: httpx2.Response) -> openai.APIStatusError:
-    """The SDK's own exception for an engine's 4xx/5xx, as its client would raise it."""
+def _status_error(endpoint: str, status: int, body: bytes, headers: dict[str, str]) -> EndpointStatusError:
+    """An engine's 4xx/5xx, with the message from its OpenAI error body (or its text)."""
     try:
-        body: Any = response.json()
+        data: Any = json.loads(body)
     except ValueError:
-        body = response.text or None
-    data = body.get("error", body) if isinstance(body, dict) else body
-    kind = openai.RateLimitError if response.status_code == 429 else openai.APIStatusError
-    return kind(f"Error code: {response.status_code}", response=response, body=data)
+        data = None
+    message = None
+    if isinstance(data, dict):
+        inner = data.get("error", data)
+        if isinstance(inner, dict) and inner.get("message"):
+            message = str(inner["message"])
+        elif data.get("message"):
+            message = str(data["message"])
+    if message is None:
+        message = body.decode("utf-8", "replace").strip() or f"HTTP {status}"
+    retry_after = headers.get("retry-after", "")
+    return EndpointStatusError(
+        endpoint, f"engine answered {status}: {message[:300]}", upstream_status=status,
+        retry_after_s=float(retry_after) if retry_after.replace(".", "", 1).isdigit() else None,
+    )  # fmt: skip
 
 
 def _status_message(exc: openai.APIStatusError) -> str:
@@ -296,11 +305,9 @@ def _counts_against(exc: BackendError) -> bool:
     return True
 
 
-def _backoff(attempt: int, exc: BaseException) -> float:
-    if isinstance(exc, openai.RateLimitError):
-        retry_after = exc.response.headers.get("retry-after", "")
-        if retry_after.replace(".", "", 1).isdigit():
-            return min(float(retry_after), BACKOFF_CAP_S)
+def _backoff(attempt: int, error: BackendError) -> float:
+    if isinstance(error, EndpointStatusError) and error.upstream_status == 429 and error.retry_after_s is not None:
+        return min(error.retry_after_s, BACKOFF_CAP_S)
     return random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))  # full jitter
 
 
