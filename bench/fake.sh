@@ -35,7 +35,7 @@ load_note | tee "$out/load-before.txt"
 # Capacity: closed loop at rising concurrency, then open loop (Poisson arrivals) at fixed rates.
 "$MOA" bench --url "$gw" --model moa-fake --concurrency 8,32,64 --requests 3000 --duration-limit 15 \
   --max-tokens 16 --warmup 20 "${engines[@]}" --out "$out/capacity"
-"$MOA" bench --url "$gw" --model moa-fake --rate 50,100 --requests 1500 --duration-limit 15 --max-tokens 16 \
+"$MOA" bench --url "$gw" --model moa-fake --rate 50,100,200 --requests 3000 --duration-limit 15 --max-tokens 16 \
   "${engines[@]}" --out "$out/capacity-open"
 load_note | tee "$out/load-after.txt"
 
