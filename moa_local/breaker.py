@@ -3,6 +3,11 @@
 After `failures` consecutive failed calls the circuit opens: calls are
 skipped for `cooldown_s`. Then one call is let through as a probe; its
 success closes the circuit, its failure opens it for another cool-down.
+`allow()` hands each call a `Permit` that says whether it is the probe,
+and only the probe's own end (its verdict, or its cancellation) frees the
+probe's place: a call that began before the circuit opened and ends while
+a probe is out neither lets a second probe through nor pushes the
+cool-down out again. Any success closes the circuit (the engine answers).
 Time comes from a function passed in, so tests need no sleeping.
 """
 
@@ -10,6 +15,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Permit:
+    """Leave to make one call; `probe` when it is the one call let through an open circuit."""
+
+    probe: bool = False
+
+
+CLOSED = Permit(probe=False)
+PROBE = Permit(probe=True)
 
 
 class CircuitBreaker:
@@ -25,31 +42,34 @@ class CircuitBreaker:
     def is_open(self) -> bool:
         return self._open_until is not None
 
-    def allow(self) -> bool:
-        """May a call go out now? Half-open lets exactly one probe through."""
+    def allow(self) -> Permit | None:
+        """A permit if a call may go out now, else None. Half-open lets exactly one probe through."""
         if self._open_until is None:
-            return True
+            return CLOSED
         if self._probing or self._clock() < self._open_until:
-            return False
+            return None
         self._probing = True
-        return True
+        return PROBE
 
     def retry_in_s(self) -> float:
         if self._open_until is None:
             return 0.0
         return max(0.0, self._open_until - self._clock())
 
-    def record_success(self) -> None:
+    def record_success(self, permit: Permit = CLOSED) -> None:
         self._consecutive = 0
         self._open_until = None
         self._probing = False
 
-    def record_failure(self) -> None:
+    def record_failure(self, permit: Permit = CLOSED) -> None:
         self._consecutive += 1
-        if self._probing or self._consecutive >= self.threshold:
+        if permit.probe:
+            self._probing = False
             self._open_until = self._clock() + self.cooldown_s
-        self._probing = False
+        elif self._open_until is None and self._consecutive >= self.threshold:
+            self._open_until = self._clock() + self.cooldown_s
 
-    def release_probe(self) -> None:
-        """A probe that ended without a verdict (cancelled) frees the slot."""
-        self._probing = False
+    def release(self, permit: Permit) -> None:
+        """A call that ended without a verdict on the engine (cancelled, or a 4xx): a probe's place is free."""
+        if permit.probe:
+            self._probing = False

@@ -89,8 +89,9 @@ def test_a_successful_probe_closes(clock: Clock) -> None:
 def test_a_failed_probe_reopens_for_another_cooldown(clock: Clock) -> None:
     breaker = opened(clock)
     clock.advance(10.0)
-    assert breaker.allow()
-    breaker.record_failure()  # one failure is enough while probing
+    probe = breaker.allow()
+    assert probe is not None and probe.probe
+    breaker.record_failure(probe)  # one failure is enough for the probe
     assert breaker.is_open
     assert not breaker.allow()
     clock.advance(9.0)
@@ -102,10 +103,30 @@ def test_a_failed_probe_reopens_for_another_cooldown(clock: Clock) -> None:
 def test_a_cancelled_probe_frees_the_slot(clock: Clock) -> None:
     breaker = opened(clock)
     clock.advance(10.0)
-    assert breaker.allow()
-    breaker.release_probe()
+    probe = breaker.allow()
+    assert probe is not None
+    breaker.release(probe)
     assert breaker.is_open
     assert breaker.allow()  # another probe may go
+
+
+def test_calls_that_began_before_the_circuit_opened_leave_the_probe_alone(clock: Clock) -> None:
+    breaker = CircuitBreaker(2, 10.0, clock)
+    early = [breaker.allow() for _ in range(4)]  # four calls go out while the circuit is closed
+    assert all(permit is not None and not permit.probe for permit in early)
+    breaker.record_failure(early[0])
+    breaker.record_failure(early[1])
+    assert breaker.is_open
+    clock.advance(10.0)
+    probe = breaker.allow()
+    assert probe is not None and probe.probe
+    assert early[2] is not None and early[3] is not None
+    breaker.record_failure(early[2])  # an early call fails while the probe is out ...
+    breaker.release(early[3])  # ... and another is cancelled
+    assert breaker.allow() is None  # still one probe at a time
+    assert breaker.retry_in_s() == 0.0  # and the cool-down was not pushed out
+    breaker.record_success(probe)
+    assert not breaker.is_open and breaker.allow() is not None
 
 
 def test_threshold_of_one(clock: Clock) -> None:
