@@ -8,7 +8,9 @@ deadline) and an overall timeout per call. Transport errors and engine
 error statuses are translated here, once, into the error tree of
 `errors.py`. Every call is streamed so that time to first token is known
 for proposers too; each fills an `AgentTrace` and records its metrics in
-`finally`.
+`finally`. A call's `timeout_s` counts from its admission: time spent
+waiting for a slot is bounded by the request's deadline instead, so a
+busy endpoint's queue does not turn into engine timeouts.
 
 Chat streams go over `upstream.py`, a lean HTTP/1.1 client with kept-alive
 connections, and are read as plain SSE JSON: the SDK's request and chunk
@@ -131,33 +133,35 @@ class Endpoint:
         trace.finish_reasons = [None] * sampling.n
         self.metrics.inflight.labels(self.name).inc()
         try:
-            if not self.breaker.allow():
+            permit = self.breaker.allow()
+            if permit is None:
                 trace.status = "skipped"
                 raise EndpointUnavailable(self.name, f"circuit open after repeated failures; "
                                           f"probing again in {self.breaker.retry_in_s():.0f}s")  # fmt: skip
             # No asyncio.timeout around a yield: it would cancel the consumer.
-            # The call's deadline is checked per chunk and bounds each wait.
+            # The call's deadline is one timer in the upstream client.
             attempts = self._attempts(messages, sampling, trace, start)
             async with self.admission.slot(order), aclosing(attempts):
                 async for item in attempts:
                     yield item
             trace.status = "ok"
-            self.breaker.record_success()
+            self.breaker.record_success(permit)
         except BackendError as exc:
             if trace.status == "pending":
                 trace.status = "timeout" if isinstance(exc, EndpointTimeout) else "error"
             trace.error = exc.reason
-            if trace.status == "skipped":
+            if trace.status == "skipped" or permit is None:
                 pass  # not a call: counting it would push the cool-down out for as long as traffic lasts
             elif _counts_against(exc):
-                self.breaker.record_failure()
-            else:  # the engine answered (a 4xx): no verdict on its health, but a probe's slot is free again
-                self.breaker.release_probe()
+                self.breaker.record_failure(permit)
+            else:  # the engine answered (a 4xx): no verdict on its health, but a probe's place is free again
+                self.breaker.release(permit)
             raise
         except (asyncio.CancelledError, GeneratorExit):
             if trace.status == "pending":
                 trace.status = "cancelled"
-            self.breaker.release_probe()
+            if permit is not None:
+                self.breaker.release(permit)
             raise
         finally:
             trace.latency_s = time.perf_counter() - start
@@ -171,7 +175,9 @@ class Endpoint:
     async def _attempts(
         self, messages: list[dict[str, Any]], sampling: Sampling, trace: AgentTrace, start: float
     ) -> AsyncGenerator[tuple[int, str], None]:
-        deadline = start + self.config.timeout_s
+        # First run once admitted: the call's timeout counts from here, not from the wait in our queue
+        # (that wait is bounded by the request's own deadline). `start` is the call's, for its TTFT.
+        deadline = time.perf_counter() + self.config.timeout_s
         finish = trace.finish_reasons
         body = json.dumps(
             {

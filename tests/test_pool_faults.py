@@ -352,3 +352,17 @@ async def test_fault_served_models(fake_engine: FakeEngineFactory) -> None:
     async with opened(server.base_url) as endpoint:
         with pytest.raises(EndpointUnavailable):
             await endpoint.served_models()
+
+
+async def test_fault_latency_time_waiting_for_a_slot_does_not_count_against_the_call_timeout(
+    fake_engine: FakeEngineFactory,
+) -> None:
+    """One slot, a 1 s call timeout, three calls of 0.4 s each (fake engine latency): the last waits 0.8 s."""
+    server = fake_engine(model="m", latency_ms=400, tokens=2)
+    async with opened(server.base_url, max_concurrency=1, timeout_s=1, max_retries=0) as endpoint:
+        start = time.perf_counter()
+        results = await asyncio.gather(*(call(endpoint) for _ in range(3)))
+        elapsed = time.perf_counter() - start
+    assert all(isinstance(answer, Answer) for answer, _ in results), results
+    assert elapsed >= 1.2  # one after another: the last call's wait and run exceed its 1 s timeout
+    assert max(trace.latency_s for _, trace in results) >= 1.1  # its latency includes the wait
