@@ -166,13 +166,13 @@ class Pipeline:
                     except StopAsyncIteration:
                         break
                     except TimeoutError:
-                        raise DeadlineError(f"{spec.model}: no complete answer within {spec.timeout_s:g}s") from None
+                        raise _cut_off(spec, aggregator) from None
                     if trace.ttft_s is None:
                         trace.ttft_s = time.perf_counter() - start
                     parts.append(text)
                     yield Token(text)
                     if time.perf_counter() > deadline:
-                        raise DeadlineError(f"{spec.model}: no complete answer within {spec.timeout_s:g}s")
+                        raise _cut_off(spec, aggregator)
             trace.duration_s = time.perf_counter() - start
             outcome = "ok"
             finish = aggregator.finish_reasons[0] if aggregator.finish_reasons else None
@@ -277,6 +277,13 @@ class Pipeline:
                 if index < agent.n:
                     parts[index].append(text)
         return ["".join(p) for p in parts]
+
+
+def _cut_off(spec: RunSpec, aggregator: AgentTrace) -> DeadlineError:
+    """The request's deadline ended the aggregator: its call counts as a timeout, not a cancellation."""
+    aggregator.status = "timeout"
+    aggregator.error = f"cut off by the {spec.timeout_s:g}s request deadline"
+    return DeadlineError(f"{spec.model}: no complete answer within {spec.timeout_s:g}s")
 
 
 def _shortfall(model: str, layer: LayerTrace, needed: int) -> QuorumError | DeadlineError:

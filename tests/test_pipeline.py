@@ -349,7 +349,8 @@ async def test_request_timeout_caps_the_wait_for_the_aggregator() -> None:
         await collect(caller, spec)
     assert time.perf_counter() - start < 2.5  # not the 5 s of the slow aggregator
     assert str(caught.value) == "moa: no complete answer within 0.2s"
-    assert caller.to("agg")[0].cancelled
+    agg = caller.to("agg")[0]
+    assert agg.cancelled and (agg.trace.status, agg.trace.error) == ("timeout", "cut off by the 0.2s request deadline")
 
 
 async def test_fail_fast_when_the_quorum_becomes_impossible() -> None:
