@@ -76,8 +76,8 @@ done
 #    against the reference implementation's one-at-a-time pattern.
 "$MOA" bench --url "$gw" --model moa-bench --concurrency 32 --requests 32 --max-tokens 48 --warmup 1 \
   "${metrics[@]}" --out "$out/batch/moa-bench"
-"$MOA" bench --url "$gw" --model moa-bench-balanced --concurrency 32 --requests 32 --max-tokens 48 --warmup 1 \
-  "${metrics[@]}" --out "$out/batch/moa-bench-balanced"
+"$MOA" bench --url "$gw" --model moa-bench-balanced --concurrency 96 --requests 96 --max-tokens 48 --warmup 1 \
+  --timeout 900 "${metrics[@]}" --out "$out/batch/moa-bench-balanced"
 for mixture in moa-bench moa-bench-balanced; do
   "$PY" bench/saturation.py --config bench/cpu-bench.yaml --mixture "$mixture" --prompts 32 --max-tokens 48 \
     --concurrency 16 --warmup 20 --window 60 --out "$out/saturation-$mixture.json"
