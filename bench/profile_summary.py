@@ -3,8 +3,8 @@
 Three views of where the sampled process spent its time: by component (each
 sample is charged to the component of the innermost frame that belongs to
 one: a JSON parse inside the openai SDK counts as the SDK, a socket write
-inside httpcore as the HTTP client), the functions with the most inclusive
-time, and the functions with the most self time.
+under the upstream client as that client), the functions with the most
+inclusive time, and the functions with the most self time.
 
     python bench/profile_summary.py bench-out/fake/profile-overhead.txt
 """
@@ -16,7 +16,11 @@ from collections import Counter
 
 # (component, path fragments); the innermost frame matching one of them decides.
 COMPONENTS = (
-    ("upstream HTTP client (httpx2/httpcore2/anyio/h11, sockets)", ("httpx2/", "httpcore2/", "anyio/", "h11/")),
+    (
+        "upstream HTTP client (moa_local/upstream.py, asyncio streams, socket reads and writes)",
+        ("moa_local/upstream.py", "asyncio/streams.py"),
+    ),
+    ("the SDK's HTTP client (httpx2/httpcore2/anyio/h11: health probes)", ("httpx2/", "httpcore2/", "anyio/", "h11/")),
     ("openai SDK (request building, chunk objects)", ("openai/",)),
     ("metrics (prometheus_client)", ("prometheus_client/",)),
     ("logging", ("logging/",)),
