@@ -7,7 +7,8 @@ prefix cache gains nothing a real run would not), then keep every engine
 busy with its own share of those calls, `--concurrency` in flight each,
 cycling through them, with nothing waiting on anything else. After a
 warm-up, each engine's generated-token counter (`/metrics`) is read over a
-fixed window: each engine's saturated rate for these calls, and their sum.
+fixed window: each engine's saturated rate for these calls, and their sum;
+its running and waiting requests are sampled once a second meanwhile.
 A batch's ceiling is its own tokens per engine at these rates (the engine
 with the most work for its speed sets the time); the sum is reachable only
 when the mixture splits its work in proportion to the engines' speeds. The calls still running when the
@@ -80,6 +81,7 @@ async def load(
 ) -> dict[str, Any]:
     urls = {name: metrics_url(config.endpoints[name].base_url) for name in work}
     records: dict[str, list[RequestRecord]] = {name: [] for name in work}
+    gauges: dict[str, dict[str, list[float]]] = {name: {"running": [], "waiting": []} for name in work}
     limits = httpx.Limits(max_connections=concurrency * len(work) + len(work))
     async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(600.0, connect=10.0)) as client:
         origin = time.perf_counter()
@@ -95,7 +97,15 @@ async def load(
         try:
             await asyncio.sleep(warmup_s)
             before = {name: await scrape(client, url) for name, url in urls.items()}
-            await asyncio.sleep(window_s)
+            closes = time.perf_counter() + window_s
+            while (left := closes - time.perf_counter()) > 0:  # the gauges, once a second, through the window
+                await asyncio.sleep(min(1.0, left))
+                for name, url in urls.items():
+                    figures = await scrape(client, url)
+                    if isinstance(figures, dict):
+                        for gauge in ("running", "waiting"):
+                            if gauge in figures:
+                                gauges[name][gauge].append(figures[gauge])
             after = {name: await scrape(client, url) for name, url in urls.items()}
         finally:
             for task in tasks:
@@ -104,16 +114,21 @@ async def load(
     per_engine: dict[str, Any] = {}
     for name in work:
         first, last = before[name], after[name]
-        rate = None
+        rate = prompt_rate = None
         if isinstance(first, dict) and isinstance(last, dict) and "generation_tokens" in first:
             rate = (last["generation_tokens"] - first["generation_tokens"]) / window_s
+            if "prompt_tokens" in first and "prompt_tokens" in last:
+                prompt_rate = (last["prompt_tokens"] - first["prompt_tokens"]) / window_s
         done = [r for r in records[name] if r.ok]
         per_engine[name] = {
             "url": urls[name],
             "generation_tokens_per_s": rate,
+            "prompt_tokens_per_s": prompt_rate,  # prefill: how long the calls' prompts are matters
             "calls_completed": len(done),
             "errors": sum(1 for r in records[name] if not r.ok and r.error),
             "e2e_p50_s": summarize(done).e2e_s.p50 if done else None,
+            "mean_running": _mean(gauges[name]["running"]),
+            "mean_waiting": _mean(gauges[name]["waiting"]),
             "note": next((x for x in (first, last) if isinstance(x, str)), None),
         }
     rates = list({e["url"]: e["generation_tokens_per_s"] for e in per_engine.values()}.values())  # once per engine
@@ -124,6 +139,10 @@ async def load(
         "generated_tokens_per_s": sum(rates) if None not in rates else None,
         "engines": per_engine,
     }
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def main(argv: list[str] | None = None) -> int:
