@@ -96,7 +96,11 @@ class EndpointConfig(_Frozen):
     @classmethod
     def _http_url(cls, value: str) -> str:
         parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+        except ValueError:  # urlsplit's port: not a number in 0-65535
+            valid = False
+        if not valid:
             raise ValueError("must be an http(s) URL like http://127.0.0.1:8000/v1")
         return value.rstrip("/")
 

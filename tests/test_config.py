@@ -120,7 +120,9 @@ def test_unknown_key_in_serve_block(tmp_path: Path) -> None:
     assert "gpus," in message
 
 
-@pytest.mark.parametrize("url", ["127.0.0.1:8102", "ftp://127.0.0.1/v1", "http:///v1"])
+@pytest.mark.parametrize(
+    "url", ["127.0.0.1:8102", "ftp://127.0.0.1/v1", "http:///v1", "http://127.0.0.1:99999/v1", "http://h:port/v1"]
+)
 def test_bad_url(tmp_path: Path, url: str) -> None:
     assert error_of(tmp_path, BASE.replace('"http://127.0.0.1:8102/v1"', f'"{url}"')) == (
         f"endpoints.qwen.base_url: must be an http(s) URL like http://127.0.0.1:8000/v1 (got {url!r})"
