@@ -253,7 +253,7 @@ def translate(endpoint: str, exc: BaseException, started: bool) -> BackendError:
         return EndpointUnavailable(endpoint, f"cannot connect to the engine ({exc.kind})")
     if isinstance(exc, ConnectionBroken):
         return StreamBroken(endpoint, f"the stream broke off ({exc.kind})")
-    if isinstance(exc, ValueError):  # a data line that is not JSON
+    if isinstance(exc, json.JSONDecodeError):  # a data line that is not JSON
         return StreamBroken(endpoint, f"the engine sent a malformed stream ({type(exc).__name__})")
     if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
         return EndpointTimeout(endpoint, "timed out waiting for the engine")
@@ -277,15 +277,7 @@ def _status_error(endpoint: str, status: int, body: bytes, headers: dict[str, st
         data: Any = json.loads(body)
     except ValueError:
         data = None
-    message = None
-    if isinstance(data, dict):
-        inner = data.get("error", data)
-        if isinstance(inner, dict) and inner.get("message"):
-            message = str(inner["message"])
-        elif data.get("message"):
-            message = str(data["message"])
-    if message is None:
-        message = body.decode("utf-8", "replace").strip() or f"HTTP {status}"
+    message = _body_message(data) or body.decode("utf-8", "replace").strip() or f"HTTP {status}"
     retry_after = headers.get("retry-after", "")
     return EndpointStatusError(
         endpoint, f"engine answered {status}: {message[:300]}", upstream_status=status,
@@ -294,14 +286,18 @@ def _status_error(endpoint: str, status: int, body: bytes, headers: dict[str, st
 
 
 def _status_message(exc: openai.APIStatusError) -> str:
-    body = exc.body
+    return (_body_message(exc.body) or exc.message)[:300]
+
+
+def _body_message(body: Any) -> str | None:
+    """The message of an OpenAI error body: {"error": {"message": ...}} or {"message": ...}."""
     if isinstance(body, dict):
         inner = body.get("error", body)
         if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])[:300]
+            return str(inner["message"])
         if body.get("message"):
-            return str(body["message"])[:300]
-    return exc.message[:300]
+            return str(body["message"])
+    return None
 
 
 def _counts_against(exc: BackendError) -> bool:
