@@ -42,7 +42,7 @@ class Admission:
     @asynccontextmanager
     async def slot(self, order: float) -> AsyncIterator[None]:
         """Hold one slot for the block; a lower `order` (an older request) is admitted first."""
-        if self._free > 0 and not self.queued:
+        if self._free > 0:  # free slots mean no one waits: a release hands its slot to a waiter first
             self._free -= 1
         else:
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
