@@ -8,9 +8,9 @@ latency edges, checked against a live engine by the tests). Beyond the
 contract: `moa_agent_retries_total`, `moa_circuit_open`,
 `moa_gateway_inflight`, `moa_queued` (calls waiting for one of an
 endpoint's `max_concurrency` slots; they count in `moa_inflight` too) and
-`moa_quorum_misses_total` (layers below `min_ok`). Requests naming no configured model are counted under the
-model label "unknown". Building a `Metrics` registers
-nothing globally: tests and apps each make their own.
+`moa_quorum_misses_total` (layers below `min_ok`). Requests naming no
+configured model are counted under the model label "unknown". Building a
+`Metrics` registers nothing globally: tests and apps each make their own.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ It knows nothing of HTTP. Engine calls go through a `Caller` (the endpoint
 pool in production, plain functions in tests), each carrying its request's
 start as its place in a full endpoint's queue (oldest request first).
 Deadlines bound each wait (for a layer, for the aggregator's next token)
-rather than the generator as a whole: an `asyncio.timeout` must not span a `yield` of an async
-generator (it would cancel the consumer instead).
+rather than the generator as a whole: an `asyncio.timeout` must not span
+a `yield` of an async generator (it would cancel the consumer instead).
 """
 
 from __future__ import annotations
