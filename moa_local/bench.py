@@ -33,9 +33,9 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from moa_local.bench_client import Conversation, Target, api_base, send
+from moa_local.bench_client import Target, api_base, auth_headers, send
 from moa_local.bench_cpu import CpuWatch, parse_pid
-from moa_local.bench_dataset import load_conversations
+from moa_local.bench_dataset import Conversation, load_conversations
 from moa_local.bench_engines import EngineWatch
 from moa_local.bench_stats import RequestRecord, Summary, summarize
 from moa_local.errors import BenchError
@@ -245,9 +245,8 @@ async def _warm_up(client: httpx.AsyncClient, target: Target, conversations: Seq
 async def _preflight(client: httpx.AsyncClient, plan: BenchPlan) -> None:
     """Fail early, with one line, when the URL does not answer or a model is not served there."""
     url = f"{api_base(plan.url)}/models"
-    headers = {"authorization": f"Bearer {plan.api_key}"} if plan.api_key else {}
     try:
-        response = await client.get(url, headers=headers, timeout=PREFLIGHT_TIMEOUT_S)
+        response = await client.get(url, headers=auth_headers(plan.api_key), timeout=PREFLIGHT_TIMEOUT_S)
     except httpx.HTTPError as exc:
         raise BenchError(f"cannot reach {url} ({type(exc).__name__}); is the gateway running?") from None
     if response.status_code != 200:

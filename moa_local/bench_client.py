@@ -24,9 +24,8 @@ from typing import Any
 
 import httpx
 
+from moa_local.bench_dataset import Conversation
 from moa_local.bench_stats import RequestRecord
-
-Conversation = list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,11 @@ class Target:
         return body
 
     def headers(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return auth_headers(self.api_key)
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def api_base(url: str) -> str:
@@ -125,7 +128,6 @@ class _Stream:
             record.completion_tokens = self.chunks
         if record.error is None and not self.done:
             record.error = "stream ended without [DONE]"
-        record.ok = record.error is None
 
 
 async def send(
@@ -137,11 +139,8 @@ async def send(
     stream = _Stream(record, started)
     try:
         async with asyncio.timeout(target.timeout_s):
-            request = client.build_request(
-                "POST", target.chat_url, json=target.body(messages), headers=target.headers()
-            )
-            response = await client.send(request, stream=True)
-            try:
+            body, headers = target.body(messages), target.headers()
+            async with client.stream("POST", target.chat_url, json=body, headers=headers) as response:
                 record.status = response.status_code
                 if response.status_code != 200:
                     record.error = f"{response.status_code}: {_error_message(await response.aread())}"
@@ -149,8 +148,6 @@ async def send(
                     async for line in response.aiter_lines():
                         if line.startswith("data:"):
                             stream.event(line[5:].strip())
-            finally:
-                await response.aclose()
         stream.finish()
     except TimeoutError:
         record.error = f"timeout: no complete answer within {target.timeout_s:g}s"

@@ -28,6 +28,8 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from moa_local.top import metrics_url as metrics_url  # an engine's URL works as the gateway's does
+
 # What we read -> the sample names that carry it, newest vLLM name first.
 COUNTERS = {
     "generation_tokens": ("vllm:generation_tokens_total",),
@@ -41,14 +43,6 @@ GAUGES = {
     "waiting": ("vllm:num_requests_waiting",),
 }
 SCRAPE_TIMEOUT_S = 5.0
-
-
-def metrics_url(url: str) -> str:
-    """An engine's base URL (with or without /v1) or its /metrics URL -> its /metrics URL."""
-    url = url.rstrip("/")
-    if url.endswith("/metrics"):
-        return url
-    return f"{url.removesuffix('/v1')}/metrics"
 
 
 def parse(text: str) -> dict[str, float]:

@@ -127,8 +127,7 @@ def _row(segment: Segment) -> str:
 
 def _engine_row(segment: Segment, engine: dict[str, Any]) -> str:
     def number(key: str, digits: int) -> str:
-        value = engine.get(key)
-        return "-" if value is None else f"{value:.{digits}f}"
+        return _fmt(engine.get(key), 1, digits)
 
     return (
         f"| {segment.summary.model} | {_load(segment)} | {engine['url']} | {number('generated_tokens', 0)} | "
