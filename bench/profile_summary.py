@@ -51,7 +51,11 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: profile_summary.py PROFILE.txt", file=sys.stderr)
         return 2
-    stacks = read(argv[0])
+    try:
+        stacks = read(argv[0])
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"profile_summary.py: {argv[0]}: cannot read ({exc})", file=sys.stderr)
+        return 1
     total = sum(count for _, count in stacks)
     if not total:
         print(f"{argv[0]}: no samples", file=sys.stderr)

@@ -20,6 +20,9 @@ def main(argv: list[str]) -> int:
         print("usage: publish.py OUT_DIR DEST_DIR", file=sys.stderr)
         return 2
     out, dest = Path(argv[0]), Path(argv[1])
+    if not out.is_dir():
+        print(f"publish.py: {out}: no such folder", file=sys.stderr)
+        return 1
     dest.mkdir(parents=True, exist_ok=True)
     copied = 0
     for results in sorted(out.rglob("results.json")):

@@ -26,7 +26,8 @@ import httpx
 
 from moa_local.bench_dataset import load_conversations
 from moa_local.bench_engines import metrics_url, parse
-from moa_local.config import Config, SamplingConfig, load_config
+from moa_local.config import Config, MixtureConfig, SamplingConfig, load_config
+from moa_local.errors import MoaError
 from moa_local.references import build_messages
 
 
@@ -69,6 +70,48 @@ def engine_counters(client: httpx.Client, config: Config) -> dict[str, float]:
     return totals
 
 
+def measure(
+    client: httpx.Client, config: Config, mixture: MixtureConfig, conversations: list[Any], max_tokens: int
+) -> dict[str, Any]:
+    """Run the prompts one after the other; the figures measured."""
+    per_prompt: list[dict[str, Any]] = []
+    before = engine_counters(client, config)
+    start = time.perf_counter()
+    for conversation in conversations:
+        began = time.perf_counter()
+        generated = 0
+        references: list[str] = []
+        for layer in mixture.layers:
+            answers = []
+            for agent in layer.agents:  # one after the other, as the reference does
+                for _ in range(agent.n):
+                    messages = build_messages(conversation, references, mixture.reference_prompt, agent.system_prompt)
+                    text, tokens = call(client, config, agent, messages, agent.max_tokens, stream=False)
+                    answers.append(text.strip())
+                    generated += tokens
+            references = answers
+        messages = build_messages(conversation, references, mixture.reference_prompt, mixture.aggregator.system_prompt)
+        text, tokens = call(client, config, mixture.aggregator, messages, max_tokens, stream=True)
+        generated += tokens
+        per_prompt.append({"latency_s": time.perf_counter() - began, "generated_tokens": generated,
+                           "answer_tokens": tokens})  # fmt: skip
+        print(f"prompt {len(per_prompt)}/{len(conversations)}: {per_prompt[-1]['latency_s']:.1f}s", file=sys.stderr)
+    wall = time.perf_counter() - start
+    after = engine_counters(client, config)
+    generated = sum(p["generated_tokens"] for p in per_prompt)
+    engine_tokens = sum(after.get(name, 0.0) - value for name, value in before.items())
+    return {
+        "prompts": len(per_prompt),
+        "wall_s": wall,
+        "requests_per_s": len(per_prompt) / wall,
+        "generated_tokens": generated,
+        "generated_tokens_per_s": generated / wall,
+        "answer_tokens_per_s": sum(p["answer_tokens"] for p in per_prompt) / wall,
+        "engine_generated_tokens_per_s": engine_tokens / wall if before else None,
+        "latency_s": [p["latency_s"] for p in per_prompt],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--config", required=True)
@@ -79,56 +122,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    config = load_config(args.config)
-    mixture = config.mixtures[args.mixture]
-    conversations = load_conversations(args.dataset)[: args.prompts]
-    per_prompt: list[dict[str, Any]] = []
-    with httpx.Client(timeout=args.timeout) as client:
-        before = engine_counters(client, config)
-        start = time.perf_counter()
-        for conversation in conversations:
-            began = time.perf_counter()
-            generated = 0
-            references: list[str] = []
-            for layer in mixture.layers:
-                answers = []
-                for agent in layer.agents:  # one after the other, as the reference does
-                    for _ in range(agent.n):
-                        messages = build_messages(
-                            conversation, references, mixture.reference_prompt, agent.system_prompt
-                        )
-                        text, tokens = call(client, config, agent, messages, agent.max_tokens, stream=False)
-                        answers.append(text.strip())
-                        generated += tokens
-                references = answers
-            messages = build_messages(
-                conversation, references, mixture.reference_prompt, mixture.aggregator.system_prompt
-            )
-            text, tokens = call(client, config, mixture.aggregator, messages, args.max_tokens, stream=True)
-            generated += tokens
-            per_prompt.append({"latency_s": time.perf_counter() - began, "generated_tokens": generated,
-                               "answer_tokens": tokens})  # fmt: skip
-            print(f"prompt {len(per_prompt)}/{len(conversations)}: {per_prompt[-1]['latency_s']:.1f}s", file=sys.stderr)
-        wall = time.perf_counter() - start
-        after = engine_counters(client, config)
-    generated = sum(p["generated_tokens"] for p in per_prompt)
-    engine_tokens = sum(after.get(name, 0.0) - value for name, value in before.items())
-    result = {
-        "pattern": "one prompt at a time, proposers one after the other, then the aggregator",
-        "mixture": args.mixture,
-        "prompts": len(per_prompt),
-        "wall_s": wall,
-        "requests_per_s": len(per_prompt) / wall,
-        "generated_tokens": generated,
-        "generated_tokens_per_s": generated / wall,
-        "answer_tokens_per_s": sum(p["answer_tokens"] for p in per_prompt) / wall,
-        "engine_generated_tokens_per_s": engine_tokens / wall if before else None,
-        "latency_s": [p["latency_s"] for p in per_prompt],
-    }
+    if args.prompts < 1:
+        parser.error("--prompts must be at least 1")
+    try:
+        config = load_config(args.config)
+        mixture = config.mixtures.get(args.mixture)
+        if mixture is None:
+            raise MoaError(f"{args.config}: no mixture '{args.mixture}' (known: {', '.join(config.mixtures)})")
+        conversations = load_conversations(args.dataset)[: args.prompts]
+        with httpx.Client(timeout=args.timeout) as client:
+            figures = measure(client, config, mixture, conversations, args.max_tokens)
+    except MoaError as exc:
+        print(f"reference_moa.py: {exc}", file=sys.stderr)
+        return 1
+    except httpx.HTTPError as exc:
+        print(f"reference_moa.py: {exc} ({type(exc).__name__})", file=sys.stderr)
+        return 1
+    pattern = "one prompt at a time, proposers one after the other, then the aggregator"
+    result = {"pattern": pattern, "mixture": args.mixture, **figures}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"reference pattern: {result['generated_tokens_per_s']:.1f} generated tok/s, "
-          f"{wall / len(per_prompt):.1f}s per answer", file=sys.stderr)  # fmt: skip
+          f"{result['wall_s'] / result['prompts']:.1f}s per answer", file=sys.stderr)  # fmt: skip
     return 0
 
 

@@ -40,6 +40,7 @@ from moa_local.bench_dataset import BUILTIN, load_conversations
 from moa_local.bench_engines import metrics_url, scrape
 from moa_local.bench_stats import RequestRecord, summarize
 from moa_local.config import Config, MixtureConfig, load_config
+from moa_local.errors import MoaError
 from moa_local.references import build_messages
 
 WORDS = sorted({word.strip(".,?!'").lower() for prompt in BUILTIN for word in prompt.split()} - {""})
@@ -157,10 +158,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="builtin")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    config = load_config(args.config)
-    conversations = load_conversations(args.dataset)
+    if args.prompts < 1:
+        parser.error("--prompts must be at least 1")
+    try:
+        config = load_config(args.config)
+        mixture = config.mixtures.get(args.mixture)
+        if mixture is None:
+            raise MoaError(f"{args.config}: no mixture '{args.mixture}' (known: {', '.join(config.mixtures)})")
+        conversations = load_conversations(args.dataset)
+    except MoaError as exc:
+        print(f"saturation.py: {exc}", file=sys.stderr)
+        return 1
     conversations = [conversations[i % len(conversations)] for i in range(args.prompts)]
-    work = calls(config, config.mixtures[args.mixture], conversations, args.max_tokens)
+    work = calls(config, mixture, conversations, args.max_tokens)
     counts = {name: len(queue) for name, queue in work.items()}
     result = asyncio.run(load(config, work, args.concurrency, args.warmup, args.window))
     result.update(mixture=args.mixture, prompts=args.prompts, calls_per_cycle=counts)

@@ -210,6 +210,9 @@ def main(argv: list[str]) -> int:
         print("usage: targets.py OUT_DIR", file=sys.stderr)
         return 2
     out = Path(argv[0])
+    if not out.is_dir():
+        print(f"targets.py: {out}: no such folder", file=sys.stderr)
+        return 1
     rows = overhead_rows(out) + passthrough_rows(out) + batch_rows(out) + capacity_rows(out)
     (out / "targets.json").write_text(json.dumps(rows, indent=2) + "\n")
     print("| target | measured | status |\n|---|---|---|")

@@ -8,6 +8,7 @@ loop, the engine-side figures, and that plots skip cleanly without matplotlib.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import sys
@@ -266,3 +267,32 @@ def _has_matplotlib() -> bool:
     except ImportError:
         return False
     return True
+
+
+def _script(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(
+        f"bench_{name}", Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["saturation", "reference_moa"])
+def test_batch_scripts_name_a_bad_mixture_or_config_in_one_line(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "x.yaml"
+    config.write_text(
+        'endpoints:\n  a: {base_url: "http://127.0.0.1:9/v1", model: a}\n'
+        "mixtures:\n  moa:\n    layers:\n      - agents: [{endpoint: a}]\n    aggregator: {endpoint: a}\n",
+        encoding="utf-8",
+    )
+    out = str(tmp_path / "out.json")
+    main = _script(name).main
+    assert main(["--config", str(config), "--mixture", "nope", "--out", out]) == 1
+    assert capsys.readouterr().err == f"{name}.py: {config}: no mixture 'nope' (known: moa)\n"
+    assert main(["--config", str(tmp_path / "missing.yaml"), "--mixture", "moa", "--out", out]) == 1
+    assert capsys.readouterr().err == f"{name}.py: {tmp_path / 'missing.yaml'}: file not found\n"
+    assert not (tmp_path / "out.json").exists()
