@@ -49,7 +49,8 @@ load_note | tee "$out/load-before.txt"
 
 # 2. What the gateway costs: pass-through against the engine itself. Time to first token one request at
 #    a time (4-token answers) in eight short runs, alternating ABBAABBA (direct, gateway, gateway,
-#    direct, ...) so that drift cancels; then throughput at 16 in flight, ABBA.
+#    direct, ...) so that drift cancels; then throughput at 16 in flight, ABBAABBA too (one slow run of
+#    two per side moved the comparison by 4%).
 for name in $ENGINES; do
   direct=(--url "${engine_url[$name]}" --model "${served[$name]}" --no-trace)
   via=(--url "$gw" --model "$name")
@@ -61,7 +62,7 @@ for name in $ENGINES; do
       "${metrics[@]}" --out "$out/passthrough/$name-$round-$side-ttft" --quiet
   done
   round=0
-  for side in direct gateway gateway direct; do
+  for side in direct gateway gateway direct direct gateway gateway direct; do
     round=$((round + 1))
     if [[ $side == direct ]]; then args=("${direct[@]}"); else args=("${via[@]}"); fi
     "$MOA" bench "${args[@]}" --concurrency 16 --requests 32 --duration-limit 40 --max-tokens 24 --warmup 1 \
@@ -70,17 +71,19 @@ for name in $ENGINES; do
 done
 
 # 3. A batch: every prompt submitted at once, the gateway's concurrent pipeline scheduling them (each
-#    endpoint keeps at most its max_concurrency, 16, in flight), against the engines' saturated
-#    throughput (each engine kept busy with its share of the same calls, straight from the load
-#    generator, no layer dependency, 16 in flight each; rate over 60 s after 20 s of warm-up), and
-#    against the reference implementation's one-at-a-time pattern.
+#    endpoint keeps at most its max_concurrency, 16, in flight), against the same batch's calls sent
+#    straight to the engines (same prompts, stand-in references, 16 in flight per endpoint, no layer
+#    waiting on another), and against the reference implementation's one-at-a-time pattern. For
+#    context, each engine's saturated rate with every engine kept busy with its share of the calls
+#    (16 in flight each; rate over 120 s after 40 s of warm-up).
 "$MOA" bench --url "$gw" --model moa-bench --concurrency 32 --requests 32 --max-tokens 48 --warmup 1 \
   "${metrics[@]}" --out "$out/batch/moa-bench"
 "$MOA" bench --url "$gw" --model moa-bench-balanced --concurrency 96 --requests 96 --max-tokens 48 --warmup 1 \
   --timeout 900 "${metrics[@]}" --out "$out/batch/moa-bench-balanced"
-for mixture in moa-bench moa-bench-balanced; do
+for spec in moa-bench:32 moa-bench-balanced:96; do
+  mixture=${spec%:*}
   "$PY" bench/saturation.py --config bench/cpu-bench.yaml --mixture "$mixture" --prompts 32 --max-tokens 48 \
-    --concurrency 16 --warmup 20 --window 60 --out "$out/saturation-$mixture.json"
+    --concurrency 16 --warmup 40 --window 120 --batch "${spec#*:}" --out "$out/saturation-$mixture.json"
 done
 "$PY" bench/reference_moa.py --config bench/cpu-bench.yaml --mixture moa-bench --prompts 3 --max-tokens 48 \
   --out "$out/reference-moa-bench.json"

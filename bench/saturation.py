@@ -5,18 +5,32 @@ proposer's, each layer's, the aggregator's; references are stand-ins as
 long as real answers, different for every prompt so that the engines'
 prefix cache gains nothing a real run would not), then keep every engine
 busy with its own share of those calls, `--concurrency` in flight each,
-cycling through them, with nothing waiting on anything else. After a
-warm-up, each engine's generated-token counter (`/metrics`) is read over a
-fixed window: each engine's saturated rate for these calls, and their sum;
-its running and waiting requests are sampled once a second meanwhile.
-A batch's ceiling is its own tokens per engine at these rates (the engine
-with the most work for its speed sets the time); the sum is reachable only
-when the mixture splits its work in proportion to the engines' speeds. The calls still running when the
-window closes are cancelled (closing the stream makes vLLM drop them).
+going round them again and again, with nothing waiting on anything else.
+Each round builds its calls anew with fresh stand-ins, and all of an
+engine's workers draw from one stream: replaying a prompt would let the
+prefix cache skip its prefill, which a real batch never gets (measured on
+Qwen aggregating: 15.4 generated tok/s when the calls repeat, 8.4 when
+they do not). After a warm-up, each engine's generated-token counter
+(`/metrics`) is read over a fixed window: each engine's saturated rate
+for these calls, and their sum; its running and waiting requests are
+sampled once a second meanwhile, and its prefix-cache hit rate over the
+window is kept. The calls still running when the window closes are
+cancelled (closing the stream makes vLLM drop them).
+
+With `--batch N`, the calls of a batch of N prompts then go straight to
+the engines, all at once, each endpoint at most its `max_concurrency` in
+flight: the engines' throughput for exactly that batch's work, with the
+mixture's dependencies (a layer waits for the one before) taken away.
+That is the ceiling the gateway's batch is judged against. The window's
+rates are each engine's pace while every engine is loaded, which is not
+its pace in a batch whose work leaves one engine idle part of the time
+(measured on the balanced lineup: Qwen 8.4 tok/s while SmolLM2 runs flat
+out, 10.1 in the gateway's batch, where SmolLM2 idles three quarters of
+the time).
 `bench/targets.py` compares the gateway's batch run against it.
 
     python bench/saturation.py --config bench/cpu-bench.yaml --mixture moa-bench \
-        --prompts 32 --max-tokens 48 --out bench-out/saturation.json
+        --prompts 32 --max-tokens 48 --batch 32 --out bench-out/saturation.json
 """
 
 from __future__ import annotations
@@ -46,17 +60,20 @@ from moa_local.references import build_messages
 WORDS = sorted({word.strip(".,?!'").lower() for prompt in BUILTIN for word in prompt.split()} - {""})
 
 
+# Tokens per word of WORDS, measured with both CPU engines' tokenizers (vLLM's /tokenize): 1.08 and 1.09.
+TOKENS_PER_WORD = 1.08
+
+
 def filler(tokens: int, seed: str) -> str:
     """A stand-in for one proposer's answer of about `tokens` tokens; its words depend on `seed`."""
     rng = random.Random(seed)
-    words: list[str] = []
-    while sum(len(word) + 1 for word in words) < tokens * 4:
-        words.append(rng.choice(WORDS))
-    return " ".join(words)
+    return " ".join(rng.choice(WORDS) for _ in range(max(1, round(tokens / TOKENS_PER_WORD))))
 
 
-def calls(config: Config, mixture: MixtureConfig, conversations: list[Any], max_tokens: int) -> dict[str, list[Any]]:
-    """Per endpoint: (target, messages) of every call the mixture makes for these prompts."""
+def calls(
+    config: Config, mixture: MixtureConfig, conversations: list[Any], max_tokens: int, round_: int = 0
+) -> dict[str, list[Any]]:
+    """Per endpoint: (target, messages) of every call the mixture makes for these prompts; each round's differ."""
     per_endpoint: dict[str, list[Any]] = defaultdict(list)
     for number, conversation in enumerate(conversations):
         references: list[str] = []
@@ -68,7 +85,7 @@ def calls(config: Config, mixture: MixtureConfig, conversations: list[Any], max_
                 messages = build_messages(conversation, references, mixture.reference_prompt, agent.system_prompt)
                 per_endpoint[agent.endpoint].append((target, messages))
             samples = [agent.max_tokens for agent in layer.agents for _ in range(agent.n)]
-            references = [filler(tokens, f"{number}.{depth}.{i}") for i, tokens in enumerate(samples)]
+            references = [filler(tokens, f"{round_}.{number}.{depth}.{i}") for i, tokens in enumerate(samples)]
         agg = mixture.aggregator
         endpoint = config.endpoints[agg.endpoint]
         target = Target(endpoint.base_url, endpoint.model, max_tokens, agg.temperature, trace=False)
@@ -77,8 +94,20 @@ def calls(config: Config, mixture: MixtureConfig, conversations: list[Any], max_
     return per_endpoint
 
 
+def rounds(
+    config: Config, mixture: MixtureConfig, conversations: list[Any], max_tokens: int
+) -> dict[str, Iterator[Any]]:
+    """Per endpoint: one endless stream of its calls, shared by all its workers, each round built anew."""
+
+    def stream(name: str) -> Iterator[Any]:
+        for round_ in itertools.count():
+            yield from calls(config, mixture, conversations, max_tokens, round_)[name]
+
+    return {name: stream(name) for name in calls(config, mixture, conversations, max_tokens)}
+
+
 async def load(
-    config: Config, work: dict[str, list[Any]], concurrency: int, warmup_s: float, window_s: float
+    config: Config, work: dict[str, Iterator[Any]], concurrency: int, warmup_s: float, window_s: float
 ) -> dict[str, Any]:
     urls = {name: metrics_url(config.endpoints[name].base_url) for name in work}
     records: dict[str, list[RequestRecord]] = {name: [] for name in work}
@@ -93,8 +122,8 @@ async def load(
                 record = RequestRecord(name, "closed", float(concurrency), len(records[name]))
                 records[name].append(await send(client, target, messages, record, origin))
 
-        tasks = [asyncio.create_task(worker(name, itertools.cycle(queue)))
-                 for name, queue in work.items() for _ in range(concurrency)]  # fmt: skip
+        # One stream per engine, shared: each call goes out once, never the same prompt from every worker.
+        tasks = [asyncio.create_task(worker(name, queue)) for name, queue in work.items() for _ in range(concurrency)]
         try:
             await asyncio.sleep(warmup_s)
             before = {name: await scrape(client, url) for name, url in urls.items()}
@@ -115,16 +144,20 @@ async def load(
     per_engine: dict[str, Any] = {}
     for name in work:
         first, last = before[name], after[name]
-        rate = prompt_rate = None
+        rate = prompt_rate = hit_rate = None
         if isinstance(first, dict) and isinstance(last, dict) and "generation_tokens" in first:
             rate = (last["generation_tokens"] - first["generation_tokens"]) / window_s
             if "prompt_tokens" in first and "prompt_tokens" in last:
                 prompt_rate = (last["prompt_tokens"] - first["prompt_tokens"]) / window_s
+            if {"prefix_hits", "prefix_queries"} <= first.keys() & last.keys():
+                queries = last["prefix_queries"] - first["prefix_queries"]
+                hit_rate = (last["prefix_hits"] - first["prefix_hits"]) / queries if queries > 0 else None
         done = [r for r in records[name] if r.ok]
         per_engine[name] = {
             "url": urls[name],
             "generation_tokens_per_s": rate,
             "prompt_tokens_per_s": prompt_rate,  # prefill: how long the calls' prompts are matters
+            "prefix_cache_hit_rate": hit_rate,  # prefill the cache spared
             "calls_completed": len(done),
             "errors": sum(1 for r in records[name] if not r.ok and r.error),
             "e2e_p50_s": summarize(done).e2e_s.p50 if done else None,
@@ -142,6 +175,59 @@ async def load(
     }
 
 
+async def direct_batch(config: Config, work: dict[str, list[Any]]) -> dict[str, Any]:
+    """The batch's own calls sent straight to the engines, all at once, no layer waiting on another.
+
+    Each endpoint keeps at most its `max_concurrency` in flight, as the gateway does, and takes its calls
+    in order. The engines' generated tokens (counter deltas, every sample of an `n` call) over the time
+    until the last call ends: the engines' throughput for exactly the batch's work, with nothing but the
+    mixture's dependencies (a layer waits for the one before it) taken away."""
+    urls = {metrics_url(config.endpoints[name].base_url): name for name in work}  # one per engine
+    limits = httpx.Limits(max_connections=sum(config.endpoints[name].max_concurrency for name in work) + len(urls))
+    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(600.0, connect=10.0)) as client:
+        before = {url: await scrape(client, url) for url in urls}
+        origin = time.perf_counter()
+        records: list[RequestRecord] = []
+
+        async def endpoint(name: str, queue: list[Any]) -> None:
+            slots = asyncio.Semaphore(config.endpoints[name].max_concurrency)
+
+            async def one(number: int, target: Target, messages: Any) -> None:
+                async with slots:
+                    record = RequestRecord(name, "closed", float(len(queue)), number)
+                    records.append(await send(client, target, messages, record, origin))
+
+            await asyncio.gather(*(one(i, target, messages) for i, (target, messages) in enumerate(queue)))
+
+        await asyncio.gather(*(endpoint(name, queue) for name, queue in work.items()))
+        wall_s = time.perf_counter() - origin
+        after = {url: await scrape(client, url) for url in urls}
+    engines: dict[str, Any] = {}
+    for url, name in urls.items():
+        first, last = before[url], after[url]
+        figures = (first, last) if isinstance(first, dict) and isinstance(last, dict) else None
+        engines[name] = {
+            "url": url,
+            "generated_tokens": _delta(figures, "generation_tokens"),
+            "prompt_tokens": _delta(figures, "prompt_tokens"),  # the stand-ins' length shows here
+            "note": next((x for x in (first, last) if isinstance(x, str)), None),
+        }
+    tokens = [e["generated_tokens"] for e in engines.values()]
+    return {
+        "calls": {name: len(queue) for name, queue in work.items()},
+        "errors": sum(1 for r in records if not r.ok),
+        "wall_s": wall_s,
+        "generated_tokens_per_s": sum(tokens) / wall_s if None not in tokens else None,
+        "engines": engines,
+    }
+
+
+def _delta(figures: tuple[dict[str, float], dict[str, float]] | None, key: str) -> float | None:
+    if figures is None or key not in figures[0] or key not in figures[1]:
+        return None
+    return figures[1][key] - figures[0][key]
+
+
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -155,11 +241,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="calls in flight per engine")
     parser.add_argument("--warmup", type=float, default=20.0, help="seconds of load before the window opens")
     parser.add_argument("--window", type=float, default=60.0, help="seconds over which the rates are measured")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=0,
+        help="also send a batch of this many prompts' calls straight to the engines (0: none)",
+    )
     parser.add_argument("--dataset", default="builtin")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    if args.prompts < 1:
-        parser.error("--prompts must be at least 1")
+    if args.prompts < 1 or args.batch < 0:
+        parser.error("--prompts must be at least 1 and --batch at least 0")
     try:
         config = load_config(args.config)
         mixture = config.mixtures.get(args.mixture)
@@ -169,15 +261,23 @@ def main(argv: list[str] | None = None) -> int:
     except MoaError as exc:
         print(f"saturation.py: {exc}", file=sys.stderr)
         return 1
+    batch = [conversations[i % len(conversations)] for i in range(args.batch)]  # as `moa-local bench` takes them
     conversations = [conversations[i % len(conversations)] for i in range(args.prompts)]
-    work = calls(config, mixture, conversations, args.max_tokens)
-    counts = {name: len(queue) for name, queue in work.items()}
-    result = asyncio.run(load(config, work, args.concurrency, args.warmup, args.window))
+    counts = {name: len(queue) for name, queue in calls(config, mixture, conversations, args.max_tokens).items()}
+    result = asyncio.run(load(config, rounds(config, mixture, conversations, args.max_tokens), args.concurrency,
+                              args.warmup, args.window))  # fmt: skip
     result.update(mixture=args.mixture, prompts=args.prompts, calls_per_cycle=counts)
+    if batch:  # after the window's load, whose calls are cancelled by then
+        result["direct_batch"] = asyncio.run(direct_batch(config, calls(config, mixture, batch, args.max_tokens)))
+        result["direct_batch"]["prompts"] = args.batch
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     rates = ", ".join(f"{name} {e['generation_tokens_per_s'] or 0:.1f}" for name, e in result["engines"].items())
     print(f"saturation: {result['generated_tokens_per_s'] or 0:.1f} generated tok/s ({rates})", file=sys.stderr)
+    if batch:
+        direct = result["direct_batch"]
+        print(f"direct batch of {args.batch} prompts: {direct['generated_tokens_per_s'] or 0:.1f} generated tok/s "
+              f"in {direct['wall_s']:.0f} s, {direct['errors']} errors", file=sys.stderr)  # fmt: skip
     return 0
 
 

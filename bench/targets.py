@@ -12,25 +12,25 @@ Prints a Markdown table (target, measured, met or missed) and writes
 - pass-through: `cpu/passthrough`, the pooled ABBA rounds: the gateway's part
   of each request's time to first token (client TTFT minus the engine's, from
   the trace; judged against the direct p50), the A/B difference of the p50s
-  (noisier: runs minutes apart), and answer tokens/s at concurrency 16;
+  (noisier: runs minutes apart), and answer tokens/s at concurrency 16
+  (the mean of the runs per side, with their range);
 - batch: `cpu/batch/<mixture>` generated tokens/s (every call's tokens),
-  judged against the ceiling for its own work: each engine's share of the
-  batch's generated tokens, at that engine's saturated rate for the
-  mixture's calls (`cpu/saturation-<mixture>.json`). The engine with the
-  most work for its speed (tokens / rate largest) needs the longest, which
-  is the least time the batch can take; the ceiling is all the tokens over
-  that time, so the share is that time over the batch's wall time. Also
-  against the reference pattern (`cpu/reference-<mixture>.json`). For
-  context, the batch against the engines' summed saturated rates: the
-  lineup's use of the engines, not a target. A mixture fixes how its work
-  splits between engines (which agents run where, their max_tokens, the
-  aggregator), so the sum is reachable only when that split matches the
-  engines' speeds; otherwise the faster engine runs out of work while the
-  slower one is still generating, and no scheduler can close the gap short
-  of moving work between engines, which changes the mixture. The judged
-  row names the engine that bounds the ceiling; the context row adds its
-  busy share during the batch (the share of the gauge samples in which it
-  had a request running);
+  judged against the same batch's calls sent straight to the engines, all
+  at once, each endpoint at most its `max_concurrency` in flight, no layer
+  waiting on another (`direct_batch` in `cpu/saturation-<mixture>.json`):
+  the engines' throughput for exactly that work, with only the mixture's
+  dependencies taken away. Also against the reference pattern
+  (`cpu/reference-<mixture>.json`). For context, the batch against the
+  engines' summed saturated rates (each engine kept busy with its share of
+  the calls at once): the lineup's use of the engines, not a target. A
+  mixture fixes how its work splits between engines (which agents run
+  where, their max_tokens, the aggregator), so the sum is reachable only
+  when that split matches the engines' speeds; otherwise the faster engine
+  runs out of work while the slower one is still generating, and no
+  scheduler can close the gap short of moving work between engines, which
+  changes the mixture. The context row adds the busiest engine's busy
+  share during the batch (the share of the gauge samples in which it had
+  a request running);
 - capacity: the best closed-loop MoA requests/s with zero errors in
   `fake/capacity`, and the open-loop rates served with zero errors.
 
@@ -42,7 +42,6 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,12 +102,13 @@ def passthrough_rows(out: Path) -> list[dict[str, Any]]:
                         f"{share:.1f}% in-request ({part * 1000:.1f} ms of {ttft['direct'] * 1000:.0f} ms); "
                         f"A/B runs {ab:+.1f}% ({ttft['direct'] * 1000:.1f} -> {ttft['gateway'] * 1000:.1f} ms)",
                         share <= 5))  # fmt: skip
-        rate = {}
+        rate, spread = {}, []
         for side in ("direct", "gateway"):
-            runs = [results(f)[0] for f in sorted(folder.glob(f"{name}-*-{side}-throughput"))]
-            rate[side] = statistics.mean(s["output_tokens_per_s"] for s in runs)
+            runs = [results(f)[0]["output_tokens_per_s"] for f in sorted(folder.glob(f"{name}-*-{side}-throughput"))]
+            rate[side] = statistics.mean(runs)
+            spread.append(f"{side} {len(runs)} runs {min(runs):.1f}-{max(runs):.1f}")
         share = rate["gateway"] / rate["direct"] * 100
-        measured = f"{share:.1f}% ({rate['direct']:.1f} -> {rate['gateway']:.1f} tok/s)"
+        measured = f"{share:.1f}% ({rate['direct']:.1f} -> {rate['gateway']:.1f} tok/s; {', '.join(spread)})"
         rows.append(row(f"pass-through >= 97% of direct throughput ({name}, c=16)", measured, share >= 97))
     return rows
 
@@ -132,59 +132,32 @@ def batch_rows(out: Path) -> list[dict[str, Any]]:
 
 
 def saturation_rows(mixture: str, batch: dict[str, Any], saturation: dict[str, Any]) -> list[dict[str, Any]]:
-    """The judged row (against the batch's own-mix ceiling) and the context row (against the summed rates)."""
+    """The judged row (against the same calls sent straight to the engines) and the context row (against the
+    engines' summed saturated rates)."""
     rate, rows = batch["generated_tokens_per_s"], []
     target = f"batch >= 85% of the engines' saturated throughput for its own work ({mixture})"
-    mix = own_mix_ceiling(batch, saturation)
-    if mix is None:
-        rows.append(row(target, "unknown: no per-engine generated tokens or saturated rates", None))
+    direct = saturation.get("direct_batch") or {}
+    ceiling = direct.get("generated_tokens_per_s")
+    if not ceiling:
+        rows.append(row(target, "unknown: no direct batch of the same calls was measured", None))
     else:
-        share = rate / mix.tokens_per_s * 100
+        share = rate / ceiling * 100
         rows.append(row(target,
-                        f"{share:.0f}% ({rate:.1f} of {mix.tokens_per_s:.1f} generated tok/s; bound by {mix.name}: "
-                        f"{mix.tokens:.0f} tokens at {mix.rate:.1f} tok/s = {mix.seconds:.0f} s of the batch's "
-                        f"{batch['wall_s']:.0f} s)",
+                        f"{share:.0f}% ({rate:.1f} of {ceiling:.1f} generated tok/s: the same {direct['prompts']} "
+                        f"prompts' calls sent straight to the engines took {direct['wall_s']:.0f} s, the gateway's "
+                        f"batch {batch['wall_s']:.0f} s)",
                         share >= 85))  # fmt: skip
     summed = saturation.get("generated_tokens_per_s")
     if summed:
         measured = f"{rate / summed * 100:.0f}% ({rate:.1f} of {summed:.1f} generated tok/s summed over the engines"
-        busy = next((e.get("busy_share") for e in batch["engines"] if mix and e["url"] == mix.url), None)
-        measured += f"; {mix.name} busy {busy * 100:.0f}% of the batch)" if mix and busy is not None else ")"
+        busy = [(e["busy_share"], e["url"]) for e in batch["engines"] if e.get("busy_share") is not None]
+        names = {e["url"]: name for name, e in (saturation.get("engines") or {}).items()}
+        if busy:
+            share, url = max(busy)
+            measured += f"; {names.get(url, url)} busy {share * 100:.0f}% of the batch"
         rows.append(row(f"(context) the lineup's use of the engines: batch against their summed saturated rates "
-                        f"({mixture})", measured, None))  # fmt: skip
+                        f"({mixture})", measured + ")", None))  # fmt: skip
     return rows
-
-
-@dataclass(frozen=True)
-class Ceiling:
-    tokens_per_s: float  # the whole batch's generated tokens over the least time it can take
-    name: str  # the engine that sets that time (its endpoint names)
-    url: str
-    tokens: float  # that engine's generated tokens in the batch
-    rate: float  # its saturated generation rate
-    seconds: float  # tokens / rate: the least time the batch can take
-
-
-def own_mix_ceiling(batch: dict[str, Any], saturation: dict[str, Any]) -> Ceiling | None:
-    """The fastest a batch with this split of tokens between the engines can go: the engine with the most
-    work, relative to its saturated rate, sets the time (the others idle part of it)."""
-    engines = saturation.get("engines")
-    if not isinstance(engines, dict) or not engines:
-        return None
-    rates: dict[str, float] = {}
-    names: dict[str, list[str]] = {}
-    for name, engine in engines.items():  # several endpoints may share one engine
-        rates[engine["url"]] = engine["generation_tokens_per_s"]
-        names.setdefault(engine["url"], []).append(name)
-    tokens = {e["url"]: e["generated_tokens"] for e in batch["engines"]}
-    if any(tokens.get(url) is None or not rate for url, rate in rates.items()):
-        return None
-    url = max(rates, key=lambda u: tokens[u] / rates[u])
-    seconds = tokens[url] / rates[url]
-    if seconds <= 0:
-        return None
-    total = sum(tokens[u] for u in rates)
-    return Ceiling(total / seconds, "+".join(names[url]), url, tokens[url], rates[url], seconds)
 
 
 def capacity_rows(out: Path) -> list[dict[str, Any]]:

@@ -296,3 +296,42 @@ def test_batch_scripts_name_a_bad_mixture_or_config_in_one_line(
     assert main(["--config", str(tmp_path / "missing.yaml"), "--mixture", "moa", "--out", out]) == 1
     assert capsys.readouterr().err == f"{name}.py: {tmp_path / 'missing.yaml'}: file not found\n"
     assert not (tmp_path / "out.json").exists()
+
+
+def test_saturation_load_over_fake_engines_never_replays_a_prompt(fake_engine: FakeEngineFactory) -> None:
+    """Fake engines (instant, counting tokens): the saturation load's calls that carry references are all
+    different, across workers and rounds, so the engines' prefix cache cannot skip a prefill a real batch pays."""
+    saturation = _script("saturation")
+    a = fake_engine(model="a", tokens=4)
+    b = fake_engine(model="b", tokens=4)
+    config = fake_config({"a": a, "b": b}, {"moa": mixture([{"endpoint": "a", "max_tokens": 4, "n": 2}], "b")})
+    conversations = [[{"role": "user", "content": "hello"}], [{"role": "user", "content": "why?"}]]
+    work = saturation.rounds(config, config.mixtures["moa"], conversations, 4)
+    result = asyncio.run(saturation.load(config, work, 4, warmup_s=0.3, window_s=0.5))
+    aggregations = [json.dumps(body["messages"]) for body in b.chat_bodies() if body]  # cut-off ones have none
+    assert len(aggregations) > 3 * len(conversations)  # several rounds went out
+    assert len(set(aggregations)) == len(aggregations)
+    proposals = [json.dumps(body["messages"]) for body in a.chat_bodies() if body]
+    assert set(proposals) == {json.dumps(c) for c in conversations}  # the questions repeat, as in a real batch
+    for name in ("a", "b"):
+        engine = result["engines"][name]
+        assert engine["generation_tokens_per_s"] > 0 and engine["prefix_cache_hit_rate"] == 0.0
+
+
+def test_saturation_direct_batch_over_fake_engines_sends_each_call_once_and_counts_the_engines_tokens(
+    fake_engine: FakeEngineFactory,
+) -> None:
+    """Fake engines (4 tokens per answer, per sample): the batch's own calls, straight to the engines."""
+    saturation = _script("saturation")
+    a = fake_engine(model="a", reply="one two three four", token_delay_ms=1)
+    b = fake_engine(model="b", reply="one two three four", token_delay_ms=1)
+    proposer = {"endpoint": "a", "max_tokens": 4, "n": 2}
+    config = fake_config({"a": a, "b": b}, {"moa": mixture([proposer, "a"], "b")}, max_concurrency=2)
+    conversations = [[{"role": "user", "content": f"question {i}"}] for i in range(5)]
+    work = saturation.calls(config, config.mixtures["moa"], conversations, 4)
+    result = asyncio.run(saturation.direct_batch(config, work))
+    assert result["calls"] == {"a": 10, "b": 5} and result["errors"] == 0
+    assert len(a.chat_bodies()) == 10 and len(b.chat_bodies()) == 5
+    assert result["engines"]["a"]["generated_tokens"] == 5 * (2 + 1) * 4  # every sample of the n=2 calls
+    assert result["engines"]["b"]["generated_tokens"] == 5 * 4
+    assert result["generated_tokens_per_s"] == pytest.approx(80 / result["wall_s"])
