@@ -71,9 +71,10 @@ def filler(tokens: int, seed: str) -> str:
 
 
 def calls(
-    config: Config, mixture: MixtureConfig, conversations: list[Any], max_tokens: int, round_: int = 0
+    config: Config, mixture: MixtureConfig, conversations: list[Any], max_tokens: int, tag: str = ""
 ) -> dict[str, list[Any]]:
-    """Per endpoint: (target, messages) of every call the mixture makes for these prompts; each round's differ."""
+    """Per endpoint: (target, messages) of every call the mixture makes for these prompts; the stand-in
+    references depend on `tag`, so calls built with different tags share no reference text."""
     per_endpoint: dict[str, list[Any]] = defaultdict(list)
     for number, conversation in enumerate(conversations):
         references: list[str] = []
@@ -85,7 +86,7 @@ def calls(
                 messages = build_messages(conversation, references, mixture.reference_prompt, agent.system_prompt)
                 per_endpoint[agent.endpoint].append((target, messages))
             samples = [agent.max_tokens for agent in layer.agents for _ in range(agent.n)]
-            references = [filler(tokens, f"{round_}.{number}.{depth}.{i}") for i, tokens in enumerate(samples)]
+            references = [filler(tokens, f"{tag}.{number}.{depth}.{i}") for i, tokens in enumerate(samples)]
         agg = mixture.aggregator
         endpoint = config.endpoints[agg.endpoint]
         target = Target(endpoint.base_url, endpoint.model, max_tokens, agg.temperature, trace=False)
@@ -95,13 +96,13 @@ def calls(
 
 
 def rounds(
-    config: Config, mixture: MixtureConfig, conversations: list[Any], max_tokens: int
+    config: Config, mixture: MixtureConfig, conversations: list[Any], max_tokens: int, tag: str = ""
 ) -> dict[str, Iterator[Any]]:
     """Per endpoint: one endless stream of its calls, shared by all its workers, each round built anew."""
 
     def stream(name: str) -> Iterator[Any]:
         for round_ in itertools.count():
-            yield from calls(config, mixture, conversations, max_tokens, round_)[name]
+            yield from calls(config, mixture, conversations, max_tokens, f"{tag}.{round_}")[name]
 
     return {name: stream(name) for name in calls(config, mixture, conversations, max_tokens)}
 
@@ -264,11 +265,13 @@ def main(argv: list[str] | None = None) -> int:
     batch = [conversations[i % len(conversations)] for i in range(args.batch)]  # as `moa-local bench` takes them
     conversations = [conversations[i % len(conversations)] for i in range(args.prompts)]
     counts = {name: len(queue) for name, queue in calls(config, mixture, conversations, args.max_tokens).items()}
-    result = asyncio.run(load(config, rounds(config, mixture, conversations, args.max_tokens), args.concurrency,
+    run = f"{random.getrandbits(64):x}"  # stand-ins no earlier run on these engines can have left in their cache
+    result = asyncio.run(load(config, rounds(config, mixture, conversations, args.max_tokens, run), args.concurrency,
                               args.warmup, args.window))  # fmt: skip
     result.update(mixture=args.mixture, prompts=args.prompts, calls_per_cycle=counts)
     if batch:  # after the window's load, whose calls are cancelled by then
-        result["direct_batch"] = asyncio.run(direct_batch(config, calls(config, mixture, batch, args.max_tokens)))
+        work = calls(config, mixture, batch, args.max_tokens, f"{run}.batch")  # none of the window's stand-ins
+        result["direct_batch"] = asyncio.run(direct_batch(config, work))
         result["direct_batch"]["prompts"] = args.batch
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
