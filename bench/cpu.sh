@@ -8,7 +8,7 @@
 #   3. a batch through the gateway's concurrent pipeline, against the
 #      engines' saturated throughput (direct load, same calls, no layer
 #      dependency) and the reference implementation's one-at-a-time pattern.
-# About 22 minutes on 2 cores, most of it waiting for Qwen.
+# About 60 minutes on 2 cores, most of it waiting for Qwen.
 # Starts the engines (bench/cpu-bench.yaml: float32, see there) unless they
 # already answer on 8101/8102, and then stops them at the end.
 #
@@ -25,6 +25,7 @@ mkdir -p "$out"
 gw=http://127.0.0.1:8180
 declare -A engine_url=([smollm2]=http://127.0.0.1:8101 [qwen]=http://127.0.0.1:8102)
 declare -A served=([smollm2]=smollm2-135m-instruct [qwen]=qwen2.5-coder-0.5b-instruct)
+declare -A throughput_requests=([smollm2]=96 [qwen]=64)   # pass-through throughput runs of ~40 and ~75 s
 metrics=(--engine-metrics http://127.0.0.1:8101 --engine-metrics http://127.0.0.1:8102)
 
 started_engines=0
@@ -49,8 +50,8 @@ load_note | tee "$out/load-before.txt"
 
 # 2. What the gateway costs: pass-through against the engine itself. Time to first token one request at
 #    a time (4-token answers) in eight short runs, alternating ABBAABBA (direct, gateway, gateway,
-#    direct, ...) so that drift cancels; then throughput at 16 in flight, ABBAABBA too (one slow run of
-#    two per side moved the comparison by 4%).
+#    direct, ...) so that drift cancels; then throughput at 16 in flight, ABBAABBA too, each run about
+#    40 s (SmolLM2) or 75 s (Qwen): runs of 11-35 s spread by +-10% between neighbours.
 for name in $ENGINES; do
   direct=(--url "${engine_url[$name]}" --model "${served[$name]}" --no-trace)
   via=(--url "$gw" --model "$name")
@@ -65,8 +66,8 @@ for name in $ENGINES; do
   for side in direct gateway gateway direct direct gateway gateway direct; do
     round=$((round + 1))
     if [[ $side == direct ]]; then args=("${direct[@]}"); else args=("${via[@]}"); fi
-    "$MOA" bench "${args[@]}" --concurrency 16 --requests 32 --duration-limit 40 --max-tokens 24 --warmup 1 \
-      "${metrics[@]}" --out "$out/passthrough/$name-$round-$side-throughput" --quiet
+    "$MOA" bench "${args[@]}" --concurrency 16 --requests "${throughput_requests[$name]}" --duration-limit 120 \
+      --max-tokens 24 --warmup 1 "${metrics[@]}" --out "$out/passthrough/$name-$round-$side-throughput" --quiet
   done
 done
 

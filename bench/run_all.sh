@@ -2,7 +2,7 @@
 # Every benchmark of docs/benchmarks.md, start to finish: the instant-engine
 # runs (bench/fake.sh), the real CPU engine runs (bench/cpu.sh), then the
 # targets table (bench/targets.py). Starts what it needs and stops it again.
-# About 25 minutes on a 2-core machine, most of it on the CPU engines.
+# About 65 minutes on a 2-core machine, most of it on the CPU engines.
 #
 #   bench/run_all.sh [OUT_DIR]     (default bench-out/<date-time>)
 #   PROFILE=1 bench/run_all.sh     also profile the gateway under the fake loads (py-spy)

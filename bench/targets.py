@@ -13,7 +13,9 @@ Prints a Markdown table (target, measured, met or missed) and writes
   of each request's time to first token (client TTFT minus the engine's, from
   the trace; judged against the direct p50), the A/B difference of the p50s
   (noisier: runs minutes apart), and answer tokens/s at concurrency 16
-  (the mean of the runs per side, with their range);
+  (the mean of the runs per side, with their range, and the gateway's CPU
+  time over its runs' wall time: on a machine whose cores the engines keep
+  busy, the most throughput it can take from them);
 - batch: `cpu/batch/<mixture>` generated tokens/s (every call's tokens),
   judged against the same batch's calls sent straight to the engines, all
   at once, each endpoint at most its `max_concurrency` in flight, no layer
@@ -108,9 +110,19 @@ def passthrough_rows(out: Path) -> list[dict[str, Any]]:
             rate[side] = statistics.mean(runs)
             spread.append(f"{side} {len(runs)} runs {min(runs):.1f}-{max(runs):.1f}")
         share = rate["gateway"] / rate["direct"] * 100
-        measured = f"{share:.1f}% ({rate['direct']:.1f} -> {rate['gateway']:.1f} tok/s; {', '.join(spread)})"
+        measured = f"{share:.1f}% ({rate['direct']:.1f} -> {rate['gateway']:.1f} tok/s; {', '.join(spread)}"
+        core = gateway_core_share([results(f)[0] for f in sorted(folder.glob(f"{name}-*-gateway-throughput"))])
+        measured += f"; the gateway used {core * 100:.1f}% of one core in its runs)" if core is not None else ")"
         rows.append(row(f"pass-through >= 97% of direct throughput ({name}, c=16)", measured, share >= 97))
     return rows
+
+
+def gateway_core_share(segments: list[dict[str, Any]]) -> float | None:
+    """The gateway's CPU time over the runs' wall time: the most of the engines' CPU it can have taken."""
+    cpu = [next((p["cpu_s"] for p in s.get("cpu") or [] if p["process"] == "gateway"), None) for s in segments]
+    if not segments or None in cpu:
+        return None
+    return sum(c for c in cpu if c is not None) / sum(s["wall_s"] for s in segments)
 
 
 def batch_rows(out: Path) -> list[dict[str, Any]]:

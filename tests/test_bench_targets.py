@@ -100,3 +100,13 @@ def test_batch_row_without_a_direct_batch_is_not_judged(targets: ModuleType, tmp
     rows = targets.batch_rows(out)
     assert rows[0]["status"] == "n/a" and rows[0]["measured"].startswith("unknown")
     assert rows[1]["measured"] == "33% (13.3 of 40.0 generated tok/s summed over the engines)"  # no busy share
+
+
+def test_gateway_core_share_is_its_cpu_time_over_the_runs_wall_time(targets: ModuleType) -> None:
+    def run(wall_s: float, gateway_cpu_s: float) -> dict[str, Any]:
+        return {"wall_s": wall_s, "cpu": [{"process": "load generator", "cpu_s": 9.0},
+                                          {"process": "gateway", "cpu_s": gateway_cpu_s}]}  # fmt: skip
+
+    assert targets.gateway_core_share([run(30.0, 0.3), run(10.0, 0.5)]) == pytest.approx(0.02)
+    assert targets.gateway_core_share([run(30.0, 0.3), {"wall_s": 10.0}]) is None  # one run without the figure
+    assert targets.gateway_core_share([]) is None
