@@ -26,7 +26,7 @@ import httpx
 
 from moa_local.bench_dataset import load_conversations
 from moa_local.bench_engines import metrics_url, parse
-from moa_local.config import Config, MixtureConfig, SamplingConfig, load_config
+from moa_local.config import Config, MixtureConfig, SamplingConfig, load_mixture
 from moa_local.errors import MoaError
 from moa_local.references import build_messages
 
@@ -125,10 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.prompts < 1:
         parser.error("--prompts must be at least 1")
     try:
-        config = load_config(args.config)
-        mixture = config.mixtures.get(args.mixture)
-        if mixture is None:
-            raise MoaError(f"{args.config}: no mixture '{args.mixture}' (known: {', '.join(config.mixtures)})")
+        config, mixture = load_mixture(args.config, args.mixture)
         conversations = load_conversations(args.dataset)[: args.prompts]
         with httpx.Client(timeout=args.timeout) as client:
             figures = measure(client, config, mixture, conversations, args.max_tokens)

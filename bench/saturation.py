@@ -53,7 +53,7 @@ from moa_local.bench_client import Target, send
 from moa_local.bench_dataset import BUILTIN, load_conversations
 from moa_local.bench_engines import metrics_url, scrape
 from moa_local.bench_stats import RequestRecord, summarize
-from moa_local.config import Config, MixtureConfig, load_config
+from moa_local.config import Config, MixtureConfig, load_mixture
 from moa_local.errors import MoaError
 from moa_local.references import build_messages
 
@@ -145,14 +145,14 @@ async def load(
     per_engine: dict[str, Any] = {}
     for name in work:
         first, last = before[name], after[name]
+        figures = (first, last) if isinstance(first, dict) and isinstance(last, dict) else None
+        generated, prompt = _delta(figures, "generation_tokens"), _delta(figures, "prompt_tokens")
+        hits, queries = _delta(figures, "prefix_hits"), _delta(figures, "prefix_queries")
         rate = prompt_rate = hit_rate = None
-        if isinstance(first, dict) and isinstance(last, dict) and "generation_tokens" in first:
-            rate = (last["generation_tokens"] - first["generation_tokens"]) / window_s
-            if "prompt_tokens" in first and "prompt_tokens" in last:
-                prompt_rate = (last["prompt_tokens"] - first["prompt_tokens"]) / window_s
-            if {"prefix_hits", "prefix_queries"} <= first.keys() & last.keys():
-                queries = last["prefix_queries"] - first["prefix_queries"]
-                hit_rate = (last["prefix_hits"] - first["prefix_hits"]) / queries if queries > 0 else None
+        if generated is not None:
+            rate = generated / window_s
+            prompt_rate = prompt / window_s if prompt is not None else None
+            hit_rate = hits / queries if hits is not None and queries is not None and queries > 0 else None
         done = [r for r in records[name] if r.ok]
         per_engine[name] = {
             "url": urls[name],
@@ -254,10 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.prompts < 1 or args.batch < 0:
         parser.error("--prompts must be at least 1 and --batch at least 0")
     try:
-        config = load_config(args.config)
-        mixture = config.mixtures.get(args.mixture)
-        if mixture is None:
-            raise MoaError(f"{args.config}: no mixture '{args.mixture}' (known: {', '.join(config.mixtures)})")
+        config, mixture = load_mixture(args.config, args.mixture)
         conversations = load_conversations(args.dataset)
     except MoaError as exc:
         print(f"saturation.py: {exc}", file=sys.stderr)

@@ -196,6 +196,15 @@ def load_config(path: str | Path) -> Config:
     return parse_config(text, source)
 
 
+def load_mixture(path: str | Path, name: str) -> tuple[Config, MixtureConfig]:
+    """A config and one of its mixtures; a name it does not define is an error naming the ones it does."""
+    config = load_config(path)
+    mixture = config.mixtures.get(name)
+    if mixture is None:
+        raise ConfigError(f"{path}: no mixture '{name}' (known: {', '.join(config.mixtures)})")
+    return config, mixture
+
+
 def parse_config(text: str, source: str = "<config>") -> Config:
     try:
         raw = yaml.safe_load(text)
