@@ -18,8 +18,8 @@ trap stop_all EXIT
 mkdir -p "$out"
 gw=http://127.0.0.1:8280
 
-start fake-a "$out/fake-a.log" "$PY" -m moa_local.fake_engine --port 8281 --model p1 --model p2 --model agg --tokens 16
-start fake-b "$out/fake-b.log" "$PY" -m moa_local.fake_engine --port 8282 --model p3 --model p4 --tokens 16
+start fake-a "$out/fake-a.log" "$PY" -m moa_local.testing.fake_engine --port 8281 --model p1 --model p2 --model agg --tokens 16
+start fake-b "$out/fake-b.log" "$PY" -m moa_local.testing.fake_engine --port 8282 --model p3 --model p4 --tokens 16
 wait_http http://127.0.0.1:8281/health
 wait_http http://127.0.0.1:8282/health
 start gateway "$out/gateway.log" "$MOA" serve --config bench/fake.yaml

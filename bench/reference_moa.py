@@ -24,11 +24,12 @@ from typing import Any
 
 import httpx
 
-from moa_local.bench_dataset import load_conversations
-from moa_local.bench_engines import metrics_url, parse
+from moa_local.bench.dataset import load_conversations
+from moa_local.bench.engines import parse
 from moa_local.config import Config, MixtureConfig, SamplingConfig, load_mixture
 from moa_local.errors import MoaError
-from moa_local.references import build_messages
+from moa_local.mixture.references import build_messages
+from moa_local.urls import metrics_url
 
 
 def call(client: httpx.Client, config: Config, agent: SamplingConfig, messages: list[dict[str, Any]],

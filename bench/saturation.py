@@ -49,13 +49,14 @@ from typing import Any
 
 import httpx
 
-from moa_local.bench_client import Target, send
-from moa_local.bench_dataset import BUILTIN, load_conversations
-from moa_local.bench_engines import metrics_url, scrape
-from moa_local.bench_stats import RequestRecord, summarize
+from moa_local.bench.client import Target, send
+from moa_local.bench.dataset import BUILTIN, load_conversations
+from moa_local.bench.engines import scrape
+from moa_local.bench.stats import RequestRecord, summarize
 from moa_local.config import Config, MixtureConfig, load_mixture
 from moa_local.errors import MoaError
-from moa_local.references import build_messages
+from moa_local.mixture.references import build_messages
+from moa_local.urls import metrics_url
 
 WORDS = sorted({word.strip(".,?!'").lower() for prompt in BUILTIN for word in prompt.split()} - {""})
 

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from moa_local.errors import ConfigError
+from moa_local.urls import default_port
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -113,8 +114,7 @@ class EndpointConfig(_Frozen):
 
     @property
     def port(self) -> int:
-        parts = urlsplit(self.base_url)
-        return parts.port or (443 if parts.scheme == "https" else 80)
+        return default_port(self.base_url)
 
 
 class SamplingConfig(_Frozen):

@@ -1,3 +1,3 @@
 """Shared test set-up: fake engines (fault injection), the gateway, the real CPU engines."""
 
-pytest_plugins = ["fake_fixtures", "gateway_fixtures", "engine_fixtures"]
+pytest_plugins = ["tests.support.fake_fixtures", "tests.support.gateway_fixtures", "tests.support.engine_fixtures"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from metrics_configs import small_config
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
@@ -15,6 +14,7 @@ from moa_local.metrics import (
     TTFT_BUCKETS,
     Metrics,
 )
+from tests.support.metrics_configs import small_config
 
 # DESIGN.md §5, exactly: family name (as exposed, counters without `_total`) -> (type, labels).
 CONTRACT = {

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible gateway: request protocol, routes, the chat response, errors as HTTP."""

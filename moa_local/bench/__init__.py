@@ -1,0 +1,1 @@
+"""`moa-local bench`: load generator, statistics, engine figures and the report."""

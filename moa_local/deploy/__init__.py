@@ -1,0 +1,1 @@
+"""Running engines: vLLM arguments, processes on this machine, compose files, GPU memory plans."""

@@ -1,0 +1,1 @@
+"""The outgoing side: calls to the model servers (pool, upstream client, admission, breaker, probes)."""

@@ -1,0 +1,1 @@
+"""The Mixture-of-Agents method: run specs, the pipeline, references, traces. No HTTP, no SDK."""

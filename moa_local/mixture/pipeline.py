@@ -1,0 +1,310 @@
+"""The Mixture-of-Agents pipeline: proposer layers, then a streamed aggregator.
+
+`Pipeline.run(spec, messages)` is an async generator of events: each
+proposal as it arrives, each finished layer, the aggregator's tokens, and a
+final `Done` with the answer, usage and trace. Layers fan out concurrently
+and proceed when every agent has answered, failed, or been cut off by the
+layer deadline, provided at least `min_ok` answers arrived; below that the
+request fails at once (503 quorum, 504 deadline) naming each endpoint and
+why. A pass-through to one endpoint is the same run with no layers.
+
+It knows nothing of HTTP. Engine calls go through a `Caller` (the endpoint
+pool in production, plain functions in tests), each carrying its request's
+start as its place in a full endpoint's queue (oldest request first).
+Deadlines bound each wait (for a layer, for the aggregator's next token)
+rather than the generator as a whole: an `asyncio.timeout` must not span
+a `yield` of an async generator (it would cancel the consumer instead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from moa_local.config import AgentConfig, LayerConfig, MixtureConfig, SamplingConfig
+from moa_local.engines.pool import Sampling
+from moa_local.errors import BackendError, DeadlineError, MoaError, QuorumError
+from moa_local.metrics import Metrics
+from moa_local.mixture.references import Message, fit
+from moa_local.mixture.trace import AgentTrace, LayerTrace, RequestTrace
+
+PASSTHROUGH_BACKSTOP_S = 1.0
+
+
+class Caller(Protocol):
+    def stream(
+        self, endpoint: str, messages: list[Message], sampling: Sampling, trace: AgentTrace, order: float = 0.0
+    ) -> AsyncGenerator[tuple[int, str], None]: ...
+
+    def context_window(self, endpoint: str) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Request values that replace the aggregator's configured sampling."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop: str | tuple[str, ...] | None = None
+    seed: int | None = None
+    user: str | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    endpoint: str
+    sampling: Sampling
+    system_prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    model: str
+    layers: tuple[LayerConfig, ...]
+    aggregator: Step
+    reference_prompt: str | None = None
+    timeout_s: float = 600.0
+
+    @classmethod
+    def for_mixture(cls, name: str, mixture: MixtureConfig, overrides: Overrides = Overrides()) -> RunSpec:
+        agg = mixture.aggregator
+        sampling = _sampling(agg)
+        sampling = replace(
+            sampling,
+            temperature=_pick(overrides.temperature, sampling.temperature),
+            top_p=_pick(overrides.top_p, sampling.top_p),
+            max_tokens=_pick(overrides.max_tokens, sampling.max_tokens),
+            stop=overrides.stop,
+            seed=overrides.seed,
+            user=overrides.user,
+        )
+        step = Step(agg.endpoint, sampling, agg.system_prompt)
+        return cls(name, mixture.layers, step, mixture.reference_prompt, mixture.timeout_s)
+
+    @classmethod
+    def passthrough(cls, endpoint: str, overrides: Overrides, timeout_s: float) -> RunSpec:
+        sampling = Sampling(
+            overrides.temperature, overrides.top_p, overrides.max_tokens, 1,
+            overrides.stop, overrides.seed, overrides.user,
+        )  # fmt: skip
+        # The call's own timeout ends a pass-through (a 502 naming the endpoint); this cap is a backstop.
+        return cls(endpoint, (), Step(endpoint, sampling), None, timeout_s + PASSTHROUGH_BACKSTOP_S)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    layer: int
+    agent: AgentTrace
+    texts: list[str]
+
+
+@dataclass(frozen=True)
+class LayerDone:
+    layer: LayerTrace
+
+
+@dataclass(frozen=True)
+class Token:
+    text: str
+
+
+@dataclass(frozen=True)
+class Done:
+    answer: str
+    finish_reason: str | None
+    trace: RequestTrace = field(repr=False)
+
+
+Event = Proposal | LayerDone | Token | Done
+
+
+class Pipeline:
+    def __init__(self, caller: Caller, metrics: Metrics) -> None:
+        self.caller = caller
+        self.metrics = metrics
+
+    async def run(self, spec: RunSpec, conversation: Sequence[Message]) -> AsyncGenerator[Event, None]:
+        start = time.perf_counter()
+        deadline = start + spec.timeout_s
+        trace = RequestTrace(spec.model)
+        outcome = "error"
+        try:
+            references: list[str] = []
+            for index, layer in enumerate(spec.layers, start=1):
+                layer_trace = LayerTrace(index)
+                trace.layers.append(layer_trace)
+                answers: list[str] = []
+                layer_run = self._layer(spec, layer, layer_trace, conversation, references, start, deadline, answers)
+                async with aclosing(layer_run):
+                    async for proposal in layer_run:
+                        yield proposal
+                references = answers
+                self.metrics.observe_layer(spec.model, index, layer_trace.duration_s, layer_trace.proposals_used)
+                yield LayerDone(layer_trace)
+            parts: list[str] = []
+            aggregator = AgentTrace(spec.aggregator.endpoint, "aggregator")
+            trace.aggregator = aggregator
+            step = spec.aggregator
+            fitted = fit(
+                conversation, references, instruction=spec.reference_prompt, system_prompt=step.system_prompt,
+                max_tokens=step.sampling.max_tokens, context_window=self.caller.context_window(step.endpoint),
+                endpoint=step.endpoint,
+            )  # fmt: skip
+            aggregator.note = fitted.note
+            sampling = replace(step.sampling, max_tokens=fitted.max_tokens)
+            call = self.caller.stream(step.endpoint, fitted.messages, sampling, aggregator, start)
+            async with aclosing(call) as tokens:
+                while True:
+                    try:  # the request's cap bounds each wait for a token; the timeout spans no yield
+                        async with asyncio.timeout(max(0.0, deadline - time.perf_counter())):
+                            _, text = await anext(tokens)
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError:
+                        raise _cut_off(spec, aggregator) from None
+                    if trace.ttft_s is None:
+                        trace.ttft_s = time.perf_counter() - start
+                    parts.append(text)
+                    yield Token(text)
+                    if time.perf_counter() > deadline:
+                        raise _cut_off(spec, aggregator)
+            trace.duration_s = time.perf_counter() - start
+            outcome = "ok"
+            finish = aggregator.finish_reasons[0] if aggregator.finish_reasons else None
+            yield Done("".join(parts), finish, trace)
+        except DeadlineError:
+            outcome = "timeout"
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            if outcome != "ok":  # after Done the answer is complete, whenever the consumer stops
+                outcome = "cancelled"
+            raise
+        except MoaError as exc:
+            outcome = "timeout" if getattr(exc, "code", None) == "backend_timeout" else "error"
+            raise
+        finally:
+            if outcome != "ok":  # an answered request's trace was handed out with Done: keep it
+                trace.duration_s = time.perf_counter() - start
+            self.metrics.observe_request(
+                spec.model, outcome, trace.duration_s, trace.ttft_s, trace.overhead_s if outcome == "ok" else None
+            )
+
+    async def _layer(
+        self,
+        spec: RunSpec,
+        layer: LayerConfig,
+        layer_trace: LayerTrace,
+        conversation: Sequence[Message],
+        references: list[str],
+        request_start: float,
+        request_deadline: float,
+        answers: list[str],
+    ) -> AsyncGenerator[Proposal, None]:
+        """Run one layer, yielding proposals as they arrive; fill `answers` in agent order."""
+        start = time.perf_counter()
+        until = request_deadline if layer.deadline_s is None else min(request_deadline, start + layer.deadline_s)
+        tasks: dict[asyncio.Task[list[str]], AgentTrace] = {}
+        for agent in layer.agents:
+            agent_trace = AgentTrace(agent.endpoint, "proposer", samples=agent.n)
+            layer_trace.agents.append(agent_trace)
+            task = asyncio.create_task(self._propose(spec, agent, agent_trace, conversation, references, request_start))
+            tasks[task] = agent_trace
+        texts_by_agent: dict[int, list[str]] = {}
+        pending = set(tasks)
+        ok = 0
+        try:
+            while pending:
+                done, pending = await asyncio.wait(
+                    pending, timeout=max(0.0, until - time.perf_counter()), return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:  # the deadline passed
+                    for task in pending:
+                        tasks[task].status = "late"
+                        tasks[task].error = f"cut off by the {layer.deadline_s or spec.timeout_s:g}s deadline"
+                    break
+                for task in done:
+                    error = task.exception()
+                    if error is not None and not isinstance(error, BackendError):
+                        raise error  # a refused prompt or a bug: not an agent failure
+                    texts = [] if error is not None else [t for t in task.result() if t.strip()]
+                    agent_trace = tasks[task]
+                    texts_by_agent[id(agent_trace)] = texts
+                    ok += len(texts)
+                    yield Proposal(layer_trace.index, agent_trace, texts)
+                possible = ok + sum(tasks[t].samples for t in pending)
+                if possible < layer.min_ok:
+                    break
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+            layer_trace.duration_s = time.perf_counter() - start
+        layer_trace.proposals_used = ok
+        if ok < layer.min_ok:
+            self.metrics.observe_layer(spec.model, layer_trace.index, layer_trace.duration_s, ok, quorum_met=False)
+            raise _shortfall(spec.model, layer_trace, layer.min_ok)
+        for agent_trace in layer_trace.agents:
+            answers.extend(texts_by_agent.get(id(agent_trace), []))
+
+    async def _propose(
+        self,
+        spec: RunSpec,
+        agent: AgentConfig,
+        agent_trace: AgentTrace,
+        conversation: Sequence[Message],
+        references: list[str],
+        request_start: float,
+    ) -> list[str]:
+        sampling = _sampling(agent)
+        fitted = fit(
+            conversation, references, instruction=spec.reference_prompt, system_prompt=agent.system_prompt,
+            max_tokens=sampling.max_tokens, context_window=self.caller.context_window(agent.endpoint),
+            endpoint=agent.endpoint,
+        )  # fmt: skip
+        agent_trace.note = fitted.note
+        parts: list[list[str]] = [[] for _ in range(agent.n)]
+        sampling = replace(sampling, max_tokens=fitted.max_tokens)
+        async with aclosing(
+            self.caller.stream(agent.endpoint, fitted.messages, sampling, agent_trace, request_start)
+        ) as stream:
+            async for index, text in stream:
+                if index < agent.n:
+                    parts[index].append(text)
+        return ["".join(p) for p in parts]
+
+
+def _cut_off(spec: RunSpec, aggregator: AgentTrace) -> DeadlineError:
+    """The request's deadline ended the aggregator: its call counts as a timeout, not a cancellation."""
+    aggregator.status = "timeout"
+    aggregator.error = f"cut off by the {spec.timeout_s:g}s request deadline"
+    return DeadlineError(f"{spec.model}: no complete answer within {spec.timeout_s:g}s")
+
+
+def _shortfall(model: str, layer: LayerTrace, needed: int) -> QuorumError | DeadlineError:
+    reasons = "; ".join(
+        f"{agent.endpoint}: {agent.status}" + (f" ({agent.error})" if agent.error else "")
+        for agent in layer.agents
+        if agent.status != "ok"
+    )
+    message = (
+        f"{model}: layer {layer.index} got {layer.proposals_used} of the {needed} answers it needs"
+        + (f" — {reasons}" if reasons else " (the agents answered with empty text)")
+    )
+    if any(agent.status == "late" for agent in layer.agents):
+        return DeadlineError(message)
+    return QuorumError(message)
+
+
+def _sampling(config: SamplingConfig) -> Sampling:
+    n = config.n if isinstance(config, AgentConfig) else 1
+    return Sampling(temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens, n=n)
+
+
+def _pick(value: Any, default: Any) -> Any:
+    return default if value is None else value

@@ -1,0 +1,1 @@
+"""The controllable fake engine, for fault tests and benchmarks."""
