@@ -30,13 +30,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from moa_local.api.chat_response import ChatResponse
 from moa_local.api.error_response import envelope, error_parts, internal_error
-from moa_local.api.protocol import ChatRequest, parse_chat_request
+from moa_local.api.protocol import parse_chat_request
 from moa_local.config import Config
 from moa_local.engines.pool import EndpointPool
 from moa_local.engines.prober import Prober
 from moa_local.errors import AuthError, InvalidRequest, ModelNotFound, Overloaded, PayloadTooLarge, RequestFailed
 from moa_local.metrics import Metrics
-from moa_local.mixture.pipeline import Pipeline, RunSpec
+from moa_local.mixture.catalog import UNKNOWN, model_kind, model_label, not_found_message, run_spec
+from moa_local.mixture.pipeline import Pipeline
 
 logger = logging.getLogger("moa_local.gateway")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -57,18 +58,6 @@ class Gateway:
         self.prober: Prober | None = None
         self.created = int(time.time())
 
-    def spec_for(self, request: ChatRequest) -> RunSpec:
-        mixture = self.config.mixtures.get(request.model)
-        if mixture is not None:
-            return RunSpec.for_mixture(request.model, mixture, request.overrides())
-        endpoint = self.config.endpoints.get(request.model)
-        if endpoint is not None:
-            return RunSpec.passthrough(request.model, request.overrides(), endpoint.timeout_s)
-        raise ModelNotFound(
-            f"model '{request.model}' does not exist; available: {', '.join(self.config.model_names())}",
-            param="model",
-        )
-
     async def chat(self, request: Request) -> Any:
         request_id = _request_id(request)
         body = b""
@@ -83,7 +72,7 @@ class Gateway:
             if self.inflight >= self.config.gateway.max_inflight:
                 raise Overloaded(f"more than {self.config.gateway.max_inflight} requests in flight; retry shortly")
             chat = parse_chat_request(body, self.config.gateway.max_body_bytes)
-            spec = self.spec_for(chat)
+            spec = run_spec(self.config, chat.model, chat.overrides())
         except RequestFailed as exc:
             model = self._model_label(body)
             self.metrics.requests.labels(model, "rejected").inc()
@@ -97,12 +86,12 @@ class Gateway:
         return _Tracked(self, ChatResponse(self.pipeline.run(spec, chat.conversation()), chat, request_id))
 
     def _model_label(self, body: bytes) -> str:
-        """The model a rejected request named, if configured: metric labels take config names only."""
+        """The model a rejected request named, if configured."""
         try:
             name = json.loads(body).get("model")
-        except (ValueError, AttributeError):
-            return "unknown"
-        return name if isinstance(name, str) and name in self.config.model_names() else "unknown"
+        except (ValueError, AttributeError, RecursionError):
+            return UNKNOWN
+        return model_label(self.config, name)
 
     async def models(self, request: Request) -> Response:
         data = [self._model(name, "mixture") for name in self.config.mixtures]
@@ -111,11 +100,9 @@ class Gateway:
 
     async def model(self, request: Request) -> Response:
         name = request.path_params["model"]
-        kind = "mixture" if name in self.config.mixtures else "endpoint" if name in self.config.endpoints else None
+        kind = model_kind(self.config, name)
         if kind is None:
-            known = ", ".join(self.config.model_names())
-            status, headers, body = error_parts(ModelNotFound(f"model '{name}' does not exist; available: {known}",
-                                                              param="model"))  # fmt: skip
+            status, headers, body = error_parts(ModelNotFound(not_found_message(self.config, name), param="model"))
             return Response(body, status, headers={k.decode(): v.decode() for k, v in headers})
         return JSONResponse(self._model(name, kind))
 

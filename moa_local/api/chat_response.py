@@ -26,7 +26,7 @@ from starlette.types import Receive, Scope, Send
 from moa_local.api.error_response import envelope, error_parts, internal_error
 from moa_local.api.protocol import ChatRequest
 from moa_local.errors import RequestFailed
-from moa_local.mixture.pipeline import Done, Event, LayerDone, Token
+from moa_local.mixture.events import Done, Event, LayerDone, Token
 from moa_local.mixture.trace import RequestTrace
 
 logger = logging.getLogger("moa_local.gateway")

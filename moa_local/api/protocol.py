@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from moa_local.errors import InvalidRequest, PayloadTooLarge
-from moa_local.mixture.pipeline import Overrides
+from moa_local.mixture.spec import Overrides
 
 ROLES = ("system", "developer", "user", "assistant")
 # Accepted and ignored: they carry no meaning for the answer.

@@ -17,22 +17,11 @@ from rich.panel import Panel
 
 from moa_local.config import Config
 from moa_local.engines.pool import EndpointPool
-from moa_local.errors import ModelNotFound
 from moa_local.metrics import Metrics
-from moa_local.mixture.pipeline import Done, LayerDone, Overrides, Pipeline, Proposal, RunSpec, Token
+from moa_local.mixture.events import Done, LayerDone, Proposal, Token
+from moa_local.mixture.pipeline import Pipeline
+from moa_local.mixture.spec import RunSpec
 from moa_local.mixture.trace import AgentTrace
-
-
-def pick_spec(config: Config, model: str | None, overrides: Overrides) -> RunSpec:
-    if model is None:
-        if not config.mixtures:
-            raise ModelNotFound("the config defines no mixtures; pass --mixture with an endpoint name")
-        model = next(iter(config.mixtures))
-    if model in config.mixtures:
-        return RunSpec.for_mixture(model, config.mixtures[model], overrides)
-    if model in config.endpoints:
-        return RunSpec.passthrough(model, overrides, config.endpoints[model].timeout_s)
-    raise ModelNotFound(f"no mixture or endpoint '{model}' (known: {', '.join(config.model_names())})")
 
 
 async def ask(

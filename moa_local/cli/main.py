@@ -43,12 +43,12 @@ def ask(
 ) -> None:  # fmt: skip
     """Ask a mixture one question and stream its answer."""
     from moa_local.cli.ask import ask as run_ask
-    from moa_local.cli.ask import pick_spec
-    from moa_local.mixture.pipeline import Overrides
+    from moa_local.mixture.catalog import run_spec
+    from moa_local.mixture.spec import Overrides
 
     config = _load(config_path)
     try:
-        spec = pick_spec(config, model, Overrides(temperature=temperature, max_tokens=max_tokens))
+        spec = run_spec(config, model, Overrides(temperature=temperature, max_tokens=max_tokens))
         asyncio.run(run_ask(config, spec, prompt, show_proposals=show_proposals, as_json=as_json))
     except MoaError as exc:
         raise click.ClickException(str(exc)) from None

@@ -49,37 +49,12 @@ from moa_local.errors import (
     StreamBroken,
 )
 from moa_local.metrics import Metrics
+from moa_local.mixture.spec import Sampling
 from moa_local.mixture.trace import AgentTrace
 
 BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 4.0
 PROBE_TIMEOUT_S = 5.0
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """What one call asks of the engine; None leaves the engine's default."""
-
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int | None = None
-    n: int = 1
-    stop: str | tuple[str, ...] | None = None
-    seed: int | None = None
-    user: str | None = None
-
-    def body(self) -> dict[str, Any]:
-        fields: dict[str, Any] = {
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "max_tokens": self.max_tokens,
-            "stop": list(self.stop) if isinstance(self.stop, tuple) else self.stop,
-            "seed": self.seed,
-            "user": self.user,
-        }
-        if self.n != 1:
-            fields["n"] = self.n
-        return {key: value for key, value in fields.items() if value is not None}
 
 
 @dataclass

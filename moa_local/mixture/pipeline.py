@@ -22,17 +22,16 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from dataclasses import replace
+from typing import Protocol
 
-from moa_local.config import AgentConfig, LayerConfig, MixtureConfig, SamplingConfig
-from moa_local.engines.pool import Sampling
+from moa_local.config import AgentConfig, LayerConfig
 from moa_local.errors import BackendError, DeadlineError, MoaError, QuorumError
 from moa_local.metrics import Metrics
+from moa_local.mixture.events import Done, Event, LayerDone, Proposal, Token
 from moa_local.mixture.references import Message, fit
+from moa_local.mixture.spec import RunSpec, Sampling, sampling_of
 from moa_local.mixture.trace import AgentTrace, LayerTrace, RequestTrace
-
-PASSTHROUGH_BACKSTOP_S = 1.0
 
 
 class Caller(Protocol):
@@ -41,86 +40,6 @@ class Caller(Protocol):
     ) -> AsyncGenerator[tuple[int, str], None]: ...
 
     def context_window(self, endpoint: str) -> int | None: ...
-
-
-@dataclass(frozen=True)
-class Overrides:
-    """Request values that replace the aggregator's configured sampling."""
-
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int | None = None
-    stop: str | tuple[str, ...] | None = None
-    seed: int | None = None
-    user: str | None = None
-
-
-@dataclass(frozen=True)
-class Step:
-    endpoint: str
-    sampling: Sampling
-    system_prompt: str | None = None
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    model: str
-    layers: tuple[LayerConfig, ...]
-    aggregator: Step
-    reference_prompt: str | None = None
-    timeout_s: float = 600.0
-
-    @classmethod
-    def for_mixture(cls, name: str, mixture: MixtureConfig, overrides: Overrides = Overrides()) -> RunSpec:
-        agg = mixture.aggregator
-        sampling = _sampling(agg)
-        sampling = replace(
-            sampling,
-            temperature=_pick(overrides.temperature, sampling.temperature),
-            top_p=_pick(overrides.top_p, sampling.top_p),
-            max_tokens=_pick(overrides.max_tokens, sampling.max_tokens),
-            stop=overrides.stop,
-            seed=overrides.seed,
-            user=overrides.user,
-        )
-        step = Step(agg.endpoint, sampling, agg.system_prompt)
-        return cls(name, mixture.layers, step, mixture.reference_prompt, mixture.timeout_s)
-
-    @classmethod
-    def passthrough(cls, endpoint: str, overrides: Overrides, timeout_s: float) -> RunSpec:
-        sampling = Sampling(
-            overrides.temperature, overrides.top_p, overrides.max_tokens, 1,
-            overrides.stop, overrides.seed, overrides.user,
-        )  # fmt: skip
-        # The call's own timeout ends a pass-through (a 502 naming the endpoint); this cap is a backstop.
-        return cls(endpoint, (), Step(endpoint, sampling), None, timeout_s + PASSTHROUGH_BACKSTOP_S)
-
-
-@dataclass(frozen=True)
-class Proposal:
-    layer: int
-    agent: AgentTrace
-    texts: list[str]
-
-
-@dataclass(frozen=True)
-class LayerDone:
-    layer: LayerTrace
-
-
-@dataclass(frozen=True)
-class Token:
-    text: str
-
-
-@dataclass(frozen=True)
-class Done:
-    answer: str
-    finish_reason: str | None
-    trace: RequestTrace = field(repr=False)
-
-
-Event = Proposal | LayerDone | Token | Done
 
 
 class Pipeline:
@@ -261,7 +180,7 @@ class Pipeline:
         references: list[str],
         request_start: float,
     ) -> list[str]:
-        sampling = _sampling(agent)
+        sampling = sampling_of(agent)
         fitted = fit(
             conversation, references, instruction=spec.reference_prompt, system_prompt=agent.system_prompt,
             max_tokens=sampling.max_tokens, context_window=self.caller.context_window(agent.endpoint),
@@ -300,11 +219,3 @@ def _shortfall(model: str, layer: LayerTrace, needed: int) -> QuorumError | Dead
         return DeadlineError(message)
     return QuorumError(message)
 
-
-def _sampling(config: SamplingConfig) -> Sampling:
-    n = config.n if isinstance(config, AgentConfig) else 1
-    return Sampling(temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens, n=n)
-
-
-def _pick(value: Any, default: Any) -> Any:
-    return default if value is None else value

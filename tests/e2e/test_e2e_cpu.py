@@ -19,10 +19,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from moa_local.config import Config
-from moa_local.engines.pool import EndpointPool, Sampling
+from moa_local.engines.pool import EndpointPool
 from moa_local.metrics import Metrics
-from moa_local.mixture.pipeline import Done, Event, LayerDone, Overrides, Pipeline, Proposal, RunSpec, Token
+from moa_local.mixture.events import Done, Event, LayerDone, Proposal, Token
+from moa_local.mixture.pipeline import Pipeline
 from moa_local.mixture.references import Message
+from moa_local.mixture.spec import Overrides, RunSpec, Sampling
 from moa_local.mixture.trace import AgentTrace
 from tests.support.engine_fixtures import CpuStack
 

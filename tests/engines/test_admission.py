@@ -17,7 +17,9 @@ from prometheus_client import CollectorRegistry
 from moa_local.engines.admission import Admission
 from moa_local.engines.pool import EndpointPool
 from moa_local.metrics import Metrics
-from moa_local.mixture.pipeline import Done, Overrides, Pipeline, RunSpec
+from moa_local.mixture.events import Done
+from moa_local.mixture.pipeline import Pipeline
+from moa_local.mixture.spec import Overrides, RunSpec
 from tests.support.gateway_fixtures import fake_config, mixture
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from moa_local.config import EndpointConfig
 from moa_local.engines.breaker import CircuitBreaker
-from moa_local.engines.pool import Answer, Endpoint, EndpointPool, Sampling
+from moa_local.engines.pool import Answer, Endpoint, EndpointPool
 from moa_local.errors import (
     BackendError,
     EndpointStatusError,
@@ -23,6 +23,7 @@ from moa_local.errors import (
     StreamBroken,
 )
 from moa_local.metrics import Metrics
+from moa_local.mixture.spec import Sampling
 from moa_local.mixture.trace import AgentTrace
 
 if TYPE_CHECKING:

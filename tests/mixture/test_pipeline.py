@@ -14,11 +14,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from moa_local.config import MixtureConfig
-from moa_local.engines.pool import Sampling
 from moa_local.errors import BackendError, DeadlineError, EndpointStatusError, InvalidRequest, QuorumError
 from moa_local.metrics import Metrics
-from moa_local.mixture.pipeline import Done, Event, LayerDone, Overrides, Pipeline, Proposal, RunSpec, Token
+from moa_local.mixture.events import Done, Event, LayerDone, Proposal, Token
+from moa_local.mixture.pipeline import Pipeline
 from moa_local.mixture.references import DEFAULT_REFERENCE_PROMPT, Message
+from moa_local.mixture.spec import Overrides, RunSpec, Sampling
 from moa_local.mixture.trace import AgentTrace
 
 USER: list[Message] = [{"role": "user", "content": "What is 2 + 2?"}]

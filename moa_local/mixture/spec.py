@@ -1,0 +1,104 @@
+"""What one run of the pipeline does: its layers, its aggregator step, and each call's sampling.
+
+A `RunSpec` is built once per request from the config and the request's
+overrides (`catalog.run_spec` does that for any model name); the pipeline
+then only reads it. `Sampling` is what one engine call asks for; the
+engines turn it into the request body.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from moa_local.config import AgentConfig, LayerConfig, MixtureConfig, SamplingConfig
+
+PASSTHROUGH_BACKSTOP_S = 1.0
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """What one call asks of the engine; None leaves the engine's default."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    n: int = 1
+    stop: str | tuple[str, ...] | None = None
+    seed: int | None = None
+    user: str | None = None
+
+    def body(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_tokens,
+            "stop": list(self.stop) if isinstance(self.stop, tuple) else self.stop,
+            "seed": self.seed,
+            "user": self.user,
+        }
+        if self.n != 1:
+            fields["n"] = self.n
+        return {key: value for key, value in fields.items() if value is not None}
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Request values that replace the aggregator's configured sampling."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop: str | tuple[str, ...] | None = None
+    seed: int | None = None
+    user: str | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    endpoint: str
+    sampling: Sampling
+    system_prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    model: str
+    layers: tuple[LayerConfig, ...]
+    aggregator: Step
+    reference_prompt: str | None = None
+    timeout_s: float = 600.0
+
+    @classmethod
+    def for_mixture(cls, name: str, mixture: MixtureConfig, overrides: Overrides = Overrides()) -> RunSpec:
+        agg = mixture.aggregator
+        sampling = sampling_of(agg)
+        sampling = replace(
+            sampling,
+            temperature=_pick(overrides.temperature, sampling.temperature),
+            top_p=_pick(overrides.top_p, sampling.top_p),
+            max_tokens=_pick(overrides.max_tokens, sampling.max_tokens),
+            stop=overrides.stop,
+            seed=overrides.seed,
+            user=overrides.user,
+        )
+        step = Step(agg.endpoint, sampling, agg.system_prompt)
+        return cls(name, mixture.layers, step, mixture.reference_prompt, mixture.timeout_s)
+
+    @classmethod
+    def passthrough(cls, endpoint: str, overrides: Overrides, timeout_s: float) -> RunSpec:
+        sampling = Sampling(
+            overrides.temperature, overrides.top_p, overrides.max_tokens, 1,
+            overrides.stop, overrides.seed, overrides.user,
+        )  # fmt: skip
+        # The call's own timeout ends a pass-through (a 502 naming the endpoint); this cap is a backstop.
+        return cls(endpoint, (), Step(endpoint, sampling), None, timeout_s + PASSTHROUGH_BACKSTOP_S)
+
+
+def sampling_of(config: SamplingConfig) -> Sampling:
+    n = config.n if isinstance(config, AgentConfig) else 1
+    return Sampling(temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens, n=n)
+
+
+def _pick(value: Any, default: Any) -> Any:
+    return default if value is None else value
