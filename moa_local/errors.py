@@ -134,3 +134,14 @@ class DeadlineError(RequestFailed):
     status = 504
     kind = "timeout_error"
     code = "deadline_exceeded"
+
+
+def error_body_message(body: object) -> str | None:
+    """The message of an OpenAI error body: {"error": {"message": ...}} or {"message": ...}."""
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])
+        if body.get("message"):
+            return str(body["message"])
+    return None

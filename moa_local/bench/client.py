@@ -26,6 +26,7 @@ import httpx
 
 from moa_local.bench.dataset import Conversation
 from moa_local.bench.stats import RequestRecord
+from moa_local.errors import error_body_message
 from moa_local.urls import api_base
 
 
@@ -183,8 +184,9 @@ def _error_message(body: bytes) -> str:
         data = json.loads(body)
     except ValueError:
         return body[:200].decode("utf-8", "replace")
-    if isinstance(data, dict) and isinstance(data.get("error"), dict):
-        return str(data["error"].get("message", ""))[:300]
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        return (error_body_message(error) or "")[:300]
     return str(data)[:200]
 
 
