@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry
 
 from moa_local.config import EndpointConfig
 from moa_local.engines.breaker import CircuitBreaker
-from moa_local.engines.pool import Answer, Endpoint, EndpointPool
+from moa_local.engines.endpoint import Endpoint
+from moa_local.engines.pool import EndpointPool
 from moa_local.errors import (
     BackendError,
     EndpointStatusError,
@@ -25,6 +26,7 @@ from moa_local.errors import (
 from moa_local.metrics import Metrics
 from moa_local.mixture.spec import Sampling
 from moa_local.mixture.trace import AgentTrace
+from tests.support.calls import CallAnswer, complete
 
 if TYPE_CHECKING:
     from tests.support.fake_fixtures import FakeEngineFactory, FakeServer
@@ -48,11 +50,11 @@ async def opened(url: str, metrics: Metrics | None = None, **settings: Any) -> A
         yield pool["e"]
 
 
-async def call(endpoint: Endpoint, sampling: Sampling | None = None) -> tuple[Answer | BackendError, AgentTrace]:
+async def call(endpoint: Endpoint, sampling: Sampling | None = None) -> tuple[CallAnswer | BackendError, AgentTrace]:
     sampling = sampling or Sampling()
     trace = AgentTrace(endpoint.name, "proposer", samples=sampling.n)
     try:
-        return await endpoint.complete(list(MESSAGES), sampling, trace), trace
+        return await complete(endpoint, list(MESSAGES), sampling, trace), trace
     except BackendError as exc:
         return exc, trace
 
@@ -77,7 +79,7 @@ async def test_fault_free_call_streams_the_answer(fake_engine: FakeEngineFactory
     server = fake_engine(model="m", tokens=3)
     async with opened(server.base_url) as endpoint:
         answer, trace = await call(endpoint, Sampling(temperature=0.5, max_tokens=64))
-    assert isinstance(answer, Answer)
+    assert isinstance(answer, CallAnswer)
     assert answer.texts == ["m says: w1 w2 w3"]
     assert answer.finish_reasons == ["stop"]
     assert (trace.status, trace.attempts, trace.error) == ("ok", 1, None)
@@ -94,7 +96,7 @@ async def test_fault_n_samples_in_one_request(fake_engine: FakeEngineFactory) ->
     server = fake_engine(model="m", template="sample {index}: {words}", tokens=2)
     async with opened(server.base_url) as endpoint:
         answer, trace = await call(endpoint, Sampling(n=3))
-    assert isinstance(answer, Answer)
+    assert isinstance(answer, CallAnswer)
     assert answer.texts == ["sample 0: w1 w2", "sample 1: w1 w2", "sample 2: w1 w2"]
     assert trace.finish_reasons == ["stop", "stop", "stop"]
     assert chats(server) == 1 and server.chat_bodies()[0]["n"] == 3
@@ -106,7 +108,7 @@ async def test_fault_retried_until_it_succeeds(fake_engine: FakeEngineFactory, s
     metrics = Metrics(CollectorRegistry())
     async with opened(server.base_url, metrics, max_retries=2) as endpoint:
         answer, trace = await call(endpoint)
-    assert isinstance(answer, Answer), answer
+    assert isinstance(answer, CallAnswer), answer
     assert (trace.status, trace.attempts) == ("ok", 3)
     assert chats(server) == 3
     assert value(metrics, "moa_agent_retries_total", endpoint="e") == 2
@@ -134,7 +136,7 @@ async def test_fault_429_waits_for_retry_after(fake_engine: FakeEngineFactory) -
     server = fake_engine(model="m", status=429, retry_after=0.3, times=1)
     async with opened(server.base_url) as endpoint:
         answer, trace = await call(endpoint)
-    assert isinstance(answer, Answer) and trace.attempts == 2
+    assert isinstance(answer, CallAnswer) and trace.attempts == 2
     first, second = (r.at for r in server.requests)
     assert second - first >= 0.29
 
@@ -232,7 +234,7 @@ async def test_fault_circuit_opens_skips_then_probes(fake_engine: FakeEngineFact
         server.behavior.status = None  # the engine recovers
         clock.now = 10.0  # skipped calls do not extend the cool-down
         answer, trace = await call(endpoint)  # the probe
-        assert isinstance(answer, Answer) and trace.status == "ok"
+        assert isinstance(answer, CallAnswer) and trace.status == "ok"
         assert chats(server) == 3
         assert not endpoint.breaker.is_open
         assert value(metrics, "moa_circuit_open", endpoint="e") == 0
@@ -252,7 +254,7 @@ async def test_fault_failed_probe_reopens_the_circuit(fake_engine: FakeEngineFac
         assert chats(server) == 2
         clock.now = 20.0
         server.behavior.status = None
-        assert isinstance((await call(endpoint))[0], Answer)
+        assert isinstance((await call(endpoint))[0], CallAnswer)
 
 
 async def test_fault_probe_answered_with_a_client_error_does_not_wedge_the_circuit(
@@ -269,7 +271,7 @@ async def test_fault_probe_answered_with_a_client_error_does_not_wedge_the_circu
         assert isinstance(error, EndpointStatusError) and trace.status == "error"
         server.behavior.status = None
         answer, trace = await call(endpoint)
-        assert isinstance(answer, Answer), answer
+        assert isinstance(answer, CallAnswer), answer
         assert not endpoint.breaker.is_open
 
 
@@ -294,7 +296,7 @@ async def test_fault_concurrency_limit_is_honoured(fake_engine: FakeEngineFactor
         results = await asyncio.gather(*(call(endpoint) for _ in range(6)))
         elapsed = time.perf_counter() - start
         watcher.cancel()
-    assert all(isinstance(answer, Answer) for answer, _ in results)
+    assert all(isinstance(answer, CallAnswer) for answer, _ in results)
     assert max(seen) == 2
     assert max(queued) == 4 and value(metrics, "moa_queued", endpoint="e") == 0  # the other four waited in ours
     assert elapsed >= 3 * 0.15  # three waves of two
@@ -342,7 +344,7 @@ async def test_fault_cancelled_probe_frees_the_probe_slot(fake_engine: FakeEngin
         with pytest.raises(asyncio.CancelledError):
             await probe
         server.set(hang=False)
-        assert isinstance((await call(endpoint))[0], Answer)
+        assert isinstance((await call(endpoint))[0], CallAnswer)
 
 
 async def test_fault_served_models(fake_engine: FakeEngineFactory) -> None:
@@ -364,6 +366,6 @@ async def test_fault_latency_time_waiting_for_a_slot_does_not_count_against_the_
         start = time.perf_counter()
         results = await asyncio.gather(*(call(endpoint) for _ in range(3)))
         elapsed = time.perf_counter() - start
-    assert all(isinstance(answer, Answer) for answer, _ in results), results
+    assert all(isinstance(answer, CallAnswer) for answer, _ in results), results
     assert elapsed >= 1.2  # one after another: the last call's wait and run exceed its 1 s timeout
     assert max(trace.latency_s for _, trace in results) >= 1.1  # its latency includes the wait
