@@ -15,17 +15,16 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from moa_local.procfs import stat_fields
+
 SELF = "load generator"
 
 
 def process_cpu_s(pid: int) -> float | None:
     """User + system CPU seconds of `pid` so far, or None when it cannot be read."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-            text = handle.read()
-    except OSError:
+    fields = stat_fields(pid)  # fields 14 and 15, utime and stime, are at 11 and 12
+    if fields is None:
         return None
-    fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) ": state is field 3
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

@@ -16,22 +16,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from moa_local.procfs import PROC, stat_fields
+
 MARKER_ENV = "MOA_LOCAL_ENGINE_ID"
-_PROC = Path("/proc")
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        raw = (_PROC / str(pid) / "stat").read_text()
-    except OSError:
-        return None
-    # The command name (2nd field) is in parentheses and may contain spaces.
-    return raw[raw.rfind(")") + 2 :].split()
 
 
 def is_alive(pid: int) -> bool:
     """True while the process exists and is not a zombie (zombies of our own are reaped)."""
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     if fields is None:
         return False
     if fields[0] in ("Z", "X"):
@@ -47,7 +39,7 @@ def reap(pid: int) -> None:
 
 def _environ(pid: int) -> dict[str, str] | None:
     try:
-        raw = (_PROC / str(pid) / "environ").read_bytes()
+        raw = (PROC / str(pid) / "environ").read_bytes()
     except OSError:
         return None
     pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
@@ -56,7 +48,7 @@ def _environ(pid: int) -> dict[str, str] | None:
 
 def cmdline(pid: int) -> list[str]:
     try:
-        raw = (_PROC / str(pid) / "cmdline").read_bytes()
+        raw = (PROC / str(pid) / "cmdline").read_bytes()
     except OSError:
         return []
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
@@ -74,9 +66,9 @@ def is_ours(pid: int, marker: str, command: Sequence[str]) -> bool:
 
 def group_members(pgid: int) -> list[int]:
     members = []
-    for entry in _PROC.iterdir():
+    for entry in PROC.iterdir():
         if entry.name.isdigit():
-            fields = _stat_fields(int(entry.name))
+            fields = stat_fields(int(entry.name))
             if fields is not None and len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
                 members.append(int(entry.name))
     return members
@@ -88,7 +80,7 @@ def group_memory_bytes(pgid: int) -> int:
     total = 0
     for pid in group_members(pgid):
         try:
-            rollup = (_PROC / str(pid) / "smaps_rollup").read_text()
+            rollup = (PROC / str(pid) / "smaps_rollup").read_text()
         except OSError:
             continue
         for line in rollup.splitlines():
