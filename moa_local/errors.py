@@ -18,9 +18,9 @@
         ├── QuorumError          503  too few agents of a layer answered
         └── DeadlineError        504  the request's deadline passed
 
-Engine SDK errors are translated into this tree once, in `pool.py`; the
+Engine SDK errors are translated into this tree once, in `engines/`; the
 gateway maps each class to an HTTP status and the OpenAI error envelope in
-one place (`gateway_errors.py`).
+one place (`api/error_response.py`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ gets a proper 5xx with the OpenAI envelope instead of a broken stream; time
 to first token is unchanged, since that token is what it waits for. While
 the request runs, a watcher listens for the client going away; it cancels
 the run at once, which closes every upstream call of the request (closing
-an upstream stream makes vLLM abort it and free its KV cache).
+an upstream stream makes vLLM abort it and free its KV cache). The error
+bytes themselves come from `error_response.py`; the log line and the
+in-flight count are the gateway's.
 """
 
 from __future__ import annotations
@@ -23,14 +25,13 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
-from moa_local.api.error_response import envelope, error_parts, internal_error
+from moa_local.api.error_response import error_event, internal_error, send_error
 from moa_local.api.protocol import ChatRequest
 from moa_local.errors import RequestFailed
 from moa_local.mixture.events import Done, Event, LayerDone, Token
 from moa_local.mixture.trace import RequestTrace
 
 logger = logging.getLogger("moa_local.gateway")
-
 
 
 @dataclass
@@ -106,12 +107,10 @@ class ChatResponse:
         self.result.outcome = "timeout" if exc.status == 504 else "error"
         if started:  # too late for a status code: an error event, as vLLM and OpenAI do
             self.result.status = 200
-            await send(_body(f"data: {json.dumps(envelope(exc))}\n\ndata: [DONE]\n\n".encode(), more=False))
+            await send(_body(error_event(exc) + b"data: [DONE]\n\n", more=False))
             return
-        status, headers, body = error_parts(exc)
-        self.result.status = status
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send(_body(body, more=False))
+        self.result.status = exc.status
+        await send_error(send, exc)
 
     def _headers(self, content_type: bytes) -> list[tuple[bytes, bytes]]:
         headers = [(b"content-type", content_type), (b"x-request-id", self.request_id.encode())]

@@ -1,9 +1,22 @@
-"""The one place where errors become HTTP: status, headers and the OpenAI envelope."""
+"""The one place where errors become HTTP: status, headers and the OpenAI envelope.
+
+Every error the gateway answers with is built here, from a `RequestFailed`:
+as a starlette `Response` (routes and exception handlers), sent straight over
+ASGI (the auth middleware, a chat response before its first token), or as an
+SSE error event (a stream already under way, too late for a status).
+Starlette's own HTTPExceptions (no such route, wrong method) become a
+`RequestFailed` first, so they share the envelope. Which error a request
+gets is left to whoever raises it; logging is left to the callers.
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+from starlette.types import Send
 
 from moa_local.errors import Overloaded, RequestFailed
 
@@ -12,7 +25,37 @@ def envelope(exc: RequestFailed) -> dict[str, Any]:
     return {"error": {"message": exc.message, "type": exc.kind, "param": exc.param, "code": exc.code}}
 
 
-def error_parts(exc: RequestFailed) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+def error_response(exc: RequestFailed) -> Response:
+    status, headers, body = _parts(exc)
+    return Response(body, status, headers={name.decode(): value.decode() for name, value in headers})
+
+
+async def send_error(send: Send, exc: RequestFailed) -> None:
+    """Answer with `exc` on a raw ASGI `send` whose response has not started."""
+    status, headers, body = _parts(exc)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def error_event(exc: RequestFailed) -> bytes:
+    """`exc` as one server-sent event, for a stream whose 200 has already gone out."""
+    return f"data: {json.dumps(envelope(exc))}\n\n".encode()
+
+
+def route_error(exc: HTTPException, method: str, path: str) -> RequestFailed:
+    """Starlette's HTTPException (404 no route, 405 wrong method, ...) as one of ours."""
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    error = RequestFailed(f"no route {method} {path}" if code else str(exc.detail))
+    error.status, error.kind, error.code = exc.status_code, "invalid_request_error", code
+    return error
+
+
+def internal_error() -> RequestFailed:
+    """What a caller sees of a bug: no traceback, a pointer to the server log."""
+    return RequestFailed("internal error in moa-local; see the gateway log")
+
+
+def _parts(exc: RequestFailed) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Status, headers and body of the JSON error response for `exc`."""
     body = json.dumps(envelope(exc)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
@@ -21,8 +64,3 @@ def error_parts(exc: RequestFailed) -> tuple[int, list[tuple[bytes, bytes]], byt
     if exc.status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
     return exc.status, headers, body
-
-
-def internal_error() -> RequestFailed:
-    """What a caller sees of a bug: no traceback, a pointer to the server log."""
-    return RequestFailed("internal error in moa-local; see the gateway log")

@@ -31,7 +31,8 @@ import httpx
 import openai
 import pytest
 
-from moa_local.api.app import Gateway, create_app
+from moa_local.api.app import create_app
+from moa_local.api.gateway import Gateway
 from moa_local.config import Config, parse_config
 from moa_local.metrics import Metrics
 from moa_local.testing.behavior import Behavior
