@@ -1,30 +1,58 @@
-"""One question to a mixture from the terminal: the engine of `moa-local ask`.
+"""`moa-local ask`: one question to a mixture from the terminal.
 
 Runs the same pipeline as the gateway over an endpoint pool opened for the
 call; the answer streams to stdout, proposals (on request) to stderr as
-they arrive, or everything as one JSON object.
+rich panels as they arrive, or everything as one JSON object. Resolving the
+model and running the pipeline are the library's; this module only renders.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from contextlib import aclosing
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from rich.console import Console
-from rich.panel import Panel
+import click
 
-from moa_local.config import Config
-from moa_local.engines.pool import EndpointPool
-from moa_local.metrics import Metrics
-from moa_local.mixture.events import Done, LayerDone, Proposal, Token
-from moa_local.mixture.pipeline import Pipeline
-from moa_local.mixture.spec import RunSpec
-from moa_local.mixture.trace import AgentTrace
+from moa_local.cli.main import CONFIG_OPTION, main
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from moa_local.config import Config
+    from moa_local.mixture.events import Done, Proposal
+    from moa_local.mixture.spec import RunSpec
+    from moa_local.mixture.trace import AgentTrace
 
 
-async def ask(
+@main.command()
+@CONFIG_OPTION
+@click.option("--mixture", "model", default=None, help="Mixture (or endpoint) to ask; default: the first mixture.")
+@click.option("--show-proposals", is_flag=True, help="Show each layer's answers on stderr as they arrive.")
+@click.option("--json", "as_json", is_flag=True, help="Print answer, usage, proposals and trace as one JSON object.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=None, help="The aggregator's max_tokens.")
+@click.option("--temperature", type=click.FloatRange(0, 2), default=None, help="The aggregator's temperature.")
+@click.argument("prompt")
+def ask(
+    config_path: str, model: str | None, show_proposals: bool, as_json: bool,
+    max_tokens: int | None, temperature: float | None, prompt: str,
+) -> None:  # fmt: skip
+    """Ask a mixture one question and stream its answer."""
+    from moa_local.config import load_config
+    from moa_local.mixture.catalog import run_spec
+    from moa_local.mixture.spec import Overrides
+
+    config = load_config(config_path)
+    try:
+        spec = run_spec(config, model, Overrides(temperature=temperature, max_tokens=max_tokens))
+        asyncio.run(answer(config, spec, prompt, show_proposals=show_proposals, as_json=as_json))
+    except KeyboardInterrupt:
+        raise click.exceptions.Exit(130) from None
+
+
+async def answer(
     config: Config,
     spec: RunSpec,
     prompt: str,
@@ -34,6 +62,15 @@ async def ask(
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> dict[str, Any]:
+    """Run `spec` on `prompt` and render it; the result is what `--json` prints."""
+    # Imported here, not at the top: every command loads this module, and the pool brings the openai SDK.
+    from rich.console import Console
+
+    from moa_local.engines.pool import EndpointPool
+    from moa_local.metrics import Metrics
+    from moa_local.mixture.events import Done, LayerDone, Proposal, Token
+    from moa_local.mixture.pipeline import Pipeline
+
     # The streams are looked up per call, not bound at import: callers may redirect them.
     out = sys.stdout if out is None else out
     console = Console(file=sys.stderr if err is None else err, highlight=False)
@@ -72,6 +109,8 @@ async def ask(
 
 
 def _show_proposal(console: Console, event: Proposal) -> None:
+    from rich.panel import Panel
+
     agent = event.agent
     title = f"layer {event.layer} · {agent.endpoint} · {_status(agent)}"
     body = "\n\n---\n\n".join(event.texts) if event.texts else f"[red]{agent.error or agent.status}[/red]"

@@ -3,7 +3,8 @@
 A probe lists the engine's models (`GET /v1/models`, 5 s timeout): the
 endpoint is up when it answers and serves the configured model name. A
 mixture is ready when its aggregator is up and every layer can still reach
-its quorum with the endpoints that are up.
+its quorum with the endpoints that are up. `probe_endpoints` probes a config
+once, for `moa-local check`; printing its result is the command's business.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 
 from moa_local.config import Config, MixtureConfig
 from moa_local.engines.pool import Endpoint, EndpointPool
-from moa_local.errors import BackendError
+from moa_local.errors import BackendError, MoaError
 from moa_local.metrics import Metrics
 
 logger = logging.getLogger("moa_local.prober")
@@ -59,3 +60,21 @@ class Prober:
 
     def readiness(self) -> dict[str, bool]:
         return {name: self.mixture_ready(mixture) for name, mixture in self.config.mixtures.items()}
+
+
+async def probe_endpoints(config: Config, *, timeout_s: float = 30.0) -> Prober:
+    """Probe every endpoint of `config` once, all at once, over a pool opened for the call.
+
+    The returned prober holds the outcome (`up`, `reasons`, `readiness()`). A MoaError when the
+    probes together take longer than `timeout_s`, naming the endpoints that had not answered.
+    """
+    metrics = Metrics()
+    async with EndpointPool(config.endpoints, metrics) as pool:
+        prober = Prober(config, pool, metrics)
+        try:
+            await asyncio.wait_for(prober.probe_once(), timeout=timeout_s)
+        except TimeoutError:
+            silent = ", ".join(name for name in config.endpoints if name not in prober.up)
+            detail = f" (no answer from {silent})" if silent else ""
+            raise MoaError(f"the endpoint probes took longer than {timeout_s:g} s{detail}") from None
+    return prober

@@ -1,4 +1,4 @@
-"""The `moa-local` command (`ask`, `check`) against fake engines on loopback.
+"""The `moa-local` command (`ask`, `check`, and the probes under `check`) against fake engines on loopback.
 
 The main paths run the installed console script as its own process, as a
 user would (so a traceback would show); the rest go through click's runner
@@ -7,19 +7,25 @@ in this process, which is faster and re-raises anything unhandled.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
 from moa_local.cli import main
+from moa_local.config import load_config
+from moa_local.engines.prober import probe_endpoints
+from moa_local.errors import MoaError
 from moa_local.mixture.references import DEFAULT_REFERENCE_PROMPT
 from moa_local.testing.payload import prompt_words
 
@@ -265,3 +271,15 @@ def test_check_bad_config_is_one_line(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"a": "http://127.0.0.1:9/v1"}, [["a", "x"]], aggregator="a")
     line = one_error_line(invoke("check", "--config", config))
     assert line == f"{config}: mixtures.moa.layers.0.agents.1.endpoint: unknown endpoint 'x' (known: a)"
+
+
+def test_check_probes_past_their_bound_are_one_moa_error(tmp_path: Path, fake_engine: FakeEngineFactory) -> None:
+    up = fake_engine(model="a")
+    with socket.socket() as silent:  # accepts connections (the backlog does) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        mute = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+        config = load_config(write_config(tmp_path, {"a": up, "b": mute}, [["a", "b"]], aggregator="a"))
+        with pytest.raises(MoaError) as caught:
+            asyncio.run(probe_endpoints(config, timeout_s=0.5))
+    assert str(caught.value) == "the endpoint probes took longer than 0.5 s (no answer from b)"

@@ -1,4 +1,5 @@
-"""`moa-local top`: parsing /metrics, PromQL-style quantiles, rates, and the command over real loopback HTTP."""
+"""`moa-local top`: parsing /metrics, PromQL-style quantiles, rates (moa_local.snapshot), the table, and the command
+over real loopback HTTP."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from prometheus_client import CollectorRegistry, start_http_server
 from rich.console import Console
 
 from moa_local.cli import main
-from moa_local.cli.top import EndpointRow, parse_snapshot, quantile, render_table, summarize
+from moa_local.cli.top import render_table
 from moa_local.metrics import Metrics
+from moa_local.snapshot import EndpointRow, parse_snapshot, quantile, summarize
 from moa_local.urls import metrics_url
 from tests.support.metrics_configs import small_config
 
@@ -142,3 +144,11 @@ def test_unreachable_gateway_is_one_line_and_exit_1() -> None:
     assert result.exit_code == 1
     assert f"cannot read http://127.0.0.1:{port}/metrics" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("url", ["not-a-url", "http://127.0.0.1:port"])
+def test_a_malformed_url_is_one_line_and_exit_1(url: str) -> None:
+    result = CliRunner().invoke(main, ["top", "--url", url, "--once", "--timeout", "1"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception  # no traceback
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"Error: cannot read {url}/metrics: ")
