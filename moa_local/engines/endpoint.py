@@ -49,6 +49,7 @@ from moa_local.mixture.trace import AgentTrace
 BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 4.0
 PROBE_TIMEOUT_S = 5.0
+PROBE_CONNECTIONS = 2  # the health probes' own small pool, apart from the call slots
 
 
 class Endpoint:
@@ -66,7 +67,8 @@ class Endpoint:
             headers={"authorization": f"Bearer {api_key}", "user-agent": "moa-local"},
         )  # fmt: skip
         timeout = httpx2.Timeout(PROBE_TIMEOUT_S, connect=config.connect_timeout_s)
-        self.http = openai.DefaultAsyncHttpx2Client(limits=httpx2.Limits(max_connections=2), timeout=timeout)
+        limits = httpx2.Limits(max_connections=PROBE_CONNECTIONS)
+        self.http = openai.DefaultAsyncHttpx2Client(limits=limits, timeout=timeout)
         self.client = openai.AsyncOpenAI(
             base_url=config.base_url, api_key=api_key, max_retries=0, timeout=timeout, http_client=self.http
         )
