@@ -6,13 +6,17 @@ import is still a dependency. `MAY_IMPORT` is the one table of layers (DESIGN.md
 §2); a new subpackage must get a row before its first module lands. A module
 over `MAX_LINES` lines passes only if its docstring says why, on a line
 containing `LONG_MARKER` ("Longer than 300 lines: the SSE state machine is one
-piece", say). Left out: third-party and standard-library imports (pyproject's
-business) and dynamic imports through importlib.
+piece", say). The third-party imports must be exactly pyproject's
+dependencies (optional ones: brought by a declared requirement). Left out:
+dynamic imports through importlib.
 """
 
 from __future__ import annotations
 
 import ast
+import re
+import sys
+import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +44,10 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "base": frozenset(),  # base modules import each other, without cycles
 }
 BASE_PACKAGES = frozenset({"config"})
+# Distribution name -> import name, where they differ.
+IMPORT_NAMES = {"pyyaml": "yaml", "prometheus-client": "prometheus_client"}
+# Imported under `except ImportError:` -> the requirement (dependency or extra) that brings it.
+OPTIONAL_IMPORTS = {"uvloop": "uvicorn[standard]", "matplotlib": "matplotlib"}
 
 
 @dataclass(frozen=True)
@@ -148,6 +156,34 @@ def length_problem(name: str, text: str) -> str | None:
     if lines <= MAX_LINES or LONG_MARKER in docstring.lower():
         return None
     return f"{name}: {lines} lines (over {MAX_LINES}) and its docstring has no line saying '{LONG_MARKER}: why'"
+
+
+def third_party_imports() -> set[str]:
+    names = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.partition(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.partition(".")[0])
+    return names - set(sys.stdlib_module_names) - {"moa_local"}
+
+
+def import_name(requirement: str) -> str:
+    match = re.match(r"[A-Za-z0-9_.-]+", requirement)
+    assert match is not None, requirement
+    name = match.group().lower()
+    return IMPORT_NAMES.get(name, name.replace("-", "_"))
+
+
+def test_dependencies_are_exactly_what_the_package_imports() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    required = {import_name(requirement) for requirement in project["dependencies"]}
+    imported = third_party_imports()
+    assert imported - OPTIONAL_IMPORTS.keys() == required, "pyproject's dependencies are not what moa_local imports"
+    everything = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
+    for name, provider in OPTIONAL_IMPORTS.items():
+        assert any(requirement.startswith(provider) for requirement in everything), f"{name} needs {provider}"
 
 
 def test_every_subpackage_has_a_row_in_the_table() -> None:
