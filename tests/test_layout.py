@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 import sys
 import tomllib
 from collections.abc import Iterable
@@ -184,6 +185,30 @@ def test_dependencies_are_exactly_what_the_package_imports() -> None:
     everything = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
     for name, provider in OPTIONAL_IMPORTS.items():
         assert any(requirement.startswith(provider) for requirement in everything), f"{name} needs {provider}"
+
+
+IMPORT_EVERYTHING = """
+import importlib, logging, os, sys, threading
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+sockets = 0
+for fd in os.listdir("/proc/self/fd"):
+    try:
+        sockets += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    except OSError:  # the listing's own descriptor, closed by now
+        pass
+print(threading.active_count(), len(logging.getLogger().handlers), sockets)
+"""
+
+
+def test_importing_the_package_starts_nothing() -> None:
+    """No threads, no logging set-up, no sockets (apps and clients) at import time."""
+    names = [name for name in module_files() if name != "moa_local.__main__"]  # that one runs the CLI, by design
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORT_EVERYTHING, *names], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "0", "0"], "threads, root log handlers, sockets after import"
 
 
 def test_every_subpackage_has_a_row_in_the_table() -> None:
