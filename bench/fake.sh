@@ -3,7 +3,7 @@
 # instant fake engines in separate processes (4 proposers + an aggregator,
 # bench/fake.yaml). Starts two fake engines and the gateway, runs the loads,
 # stops everything. PROFILE=1 then also samples the gateway with py-spy under
-# loads at concurrency 1 and 32 (needs py-spy: pip install 'moa-local[bench]').
+# loads at concurrency 1 and 32 (needs py-spy, which no extra installs: .venv/bin/pip install py-spy).
 #
 #   bench/fake.sh [OUT_DIR]        (default bench-out/fake)
 set -euo pipefail

@@ -7,7 +7,7 @@ many requests they last. `RecordedRequest` and `FakeEvent` are what the fake
 saw.
 
 Left out on purpose: any I/O (`fake_engine.py` serves it over HTTP) and
-the payloads (`fake_answer.py` builds them).
+the payloads (`payload.py` builds them).
 """
 
 from __future__ import annotations

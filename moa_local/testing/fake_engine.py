@@ -3,7 +3,7 @@
 Serves `POST /v1/chat/completions` (JSON or SSE, `n`, `max_tokens`,
 `stream_options.include_usage`), `GET /v1/models`, `GET /health` and a few
 vLLM-named metrics at `GET /metrics`, answering deterministically as set by a
-`Behavior` (`fake_behavior.py`; payloads in `fake_answer.py`): latency,
+`Behavior` (`behavior.py`; payloads in `payload.py`): latency,
 per-token delay, error statuses, streams cut mid-way, hangs. It records every
 request and every client disconnect it saw while still producing (detected
 from the ASGI `http.disconnect` message, so it is the real connection
@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from moa_local.testing.behavior import Behavior, FakeEvent, RecordedRequest
-from moa_local.testing.payload import Answer, error_body
+from moa_local.testing.payload import Completion, error_body
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -158,15 +158,15 @@ class FakeEngine:
             retry = [] if b.retry_after is None else [(b"retry-after", f"{b.retry_after:g}".encode())]
             await _send_json(send, b.status, error_body(b.status, b.error_message), retry)
             return
-        answer = Answer.build(b, req, number, self.models[0])
-        self._prompt_tokens += answer.usage["prompt_tokens"]
-        if answer.stream:
-            await self._stream(ex, b, answer, send)
+        completion = Completion.build(b, req, number, self.models[0])
+        self._prompt_tokens += completion.usage["prompt_tokens"]
+        if completion.stream:
+            await self._stream(ex, b, completion, send)
             return
         if b.token_delay_ms:
             ex.stage = "generate"
-            await asyncio.sleep(answer.steps * b.token_delay_ms / 1000)
-        data = answer.completion_body()
+            await asyncio.sleep(completion.steps * b.token_delay_ms / 1000)
+        data = completion.completion_body()
         if b.cut_after is not None:  # promise the whole body, send half, drop the connection
             length = [(b"content-length", str(len(data)).encode())]
             await send({"type": "http.response.start", "status": 200, "headers": _JSON + length})
@@ -174,19 +174,19 @@ class FakeEngine:
             self.events.append(FakeEvent("cut", ex.seq, ex.path, "body", 0, time.monotonic()))
             return
         ex.finishing = True
-        ex.tokens = answer.usage["completion_tokens"]
-        for reason in answer.reasons:
+        ex.tokens = completion.usage["completion_tokens"]
+        for reason in completion.reasons:
             self._finished[reason] += 1
         await _send_bytes(send, 200, data, _JSON)
 
-    async def _stream(self, ex: _Exchange, b: Behavior, answer: Answer, send: Send) -> None:
+    async def _stream(self, ex: _Exchange, b: Behavior, completion: Completion, send: Send) -> None:
         """Role events, then one event per choice per step, then the tail; batched unless delayed."""
         ex.stage = "stream"
-        writer = answer.chunks()
+        writer = completion.chunks()
         delay = b.token_delay_ms / 1000
         await send({"type": "http.response.start", "status": 200, "headers": _SSE})
-        pending = [writer.role(i) for i in range(len(answer.replies))]
-        for step in range(answer.steps):
+        pending = [writer.role(i) for i in range(len(completion.replies))]
+        for step in range(completion.steps):
             if b.cut_after is not None and step >= b.cut_after:
                 await send({"type": "http.response.body", "body": "".join(pending).encode(), "more_body": True})
                 self.events.append(FakeEvent("cut", ex.seq, ex.path, ex.stage, ex.chunks, time.monotonic()))
@@ -195,13 +195,13 @@ class FakeEngine:
                 await send({"type": "http.response.body", "body": "".join(pending).encode(), "more_body": True})
                 pending.clear()
                 await asyncio.sleep(delay)
-            for i, reply in enumerate(answer.replies):
+            for i, reply in enumerate(completion.replies):
                 if step < len(reply):
                     pending.append(writer.content(i, reply[step]))
                     ex.tokens += 1
             ex.chunks += 1
         pending.append(writer.tail())
-        for reason in answer.reasons:
+        for reason in completion.reasons:
             self._finished[reason] += 1
         ex.finishing = True
         await send({"type": "http.response.body", "body": "".join(pending).encode(), "more_body": False})

@@ -1,7 +1,7 @@
 """The fake engine's payloads: replies, usage, and the JSON and SSE bodies carrying them.
 
-An `Answer` is computed once per chat request from the request body and a
-`Behavior` snapshot; it then renders the `chat.completion` body or the
+A `Completion` is computed once per chat request from the request body and
+a `Behavior` snapshot; it then renders the `chat.completion` body or the
 `chat.completion.chunk` SSE events in the shapes vLLM and OpenAI send.
 
 Left out on purpose: tokenization (a token is a whitespace-separated word,
@@ -28,8 +28,8 @@ _ERROR_TYPES = {
 
 
 @dataclass(frozen=True)
-class Answer:
-    """The choices of one chat answer (`replies[i]` is choice i as tokens) and its usage."""
+class Completion:
+    """The choices of one chat completion (`replies[i]` is choice i as tokens) and its usage."""
 
     head: dict[str, Any]  # id, created, model
     replies: list[list[str]]
@@ -39,7 +39,7 @@ class Answer:
     include_usage: bool
 
     @classmethod
-    def build(cls, behavior: Behavior, req: dict[str, Any], number: int, default_model: str) -> Answer:
+    def build(cls, behavior: Behavior, req: dict[str, Any], number: int, default_model: str) -> Completion:
         """`req` is the request body (with a `messages` list); `number` counts chat requests."""
         model = str(req.get("model") or default_model)
         cap = req.get("max_completion_tokens") or req.get("max_tokens")
@@ -86,11 +86,11 @@ class Answer:
 
 
 class ChunkWriter:
-    """SSE events of one streamed answer; built from strings, as this is the hot path."""
+    """SSE events of one streamed completion; built from strings, as this is the hot path."""
 
-    def __init__(self, answer: Answer) -> None:
-        self.answer = answer
-        head = json.dumps({**answer.head, "object": "chat.completion.chunk"})
+    def __init__(self, completion: Completion) -> None:
+        self.completion = completion
+        head = json.dumps({**completion.head, "object": "chat.completion.chunk"})
         self._prefix = "data: " + head[:-1] + ', "choices": [{"index": '
 
     def role(self, index: int) -> str:
@@ -100,14 +100,15 @@ class ChunkWriter:
         return f'{self._prefix}{index}, "delta": {{"content": {json.dumps(piece)}}}, "finish_reason": null}}]}}\n\n'
 
     def finish(self, index: int) -> str:
-        reason = self.answer.reasons[index]
+        reason = self.completion.reasons[index]
         return f'{self._prefix}{index}, "delta": {{}}, "finish_reason": "{reason}"}}]}}\n\n'
 
     def tail(self) -> str:
         """The finish events, the usage event if asked for (empty `choices`), and `[DONE]`."""
-        events = [self.finish(i) for i in range(len(self.answer.replies))]
-        if self.answer.include_usage:
-            usage = {**self.answer.head, "object": "chat.completion.chunk", "choices": [], "usage": self.answer.usage}
+        completion = self.completion
+        events = [self.finish(i) for i in range(len(completion.replies))]
+        if completion.include_usage:
+            usage = {**completion.head, "object": "chat.completion.chunk", "choices": [], "usage": completion.usage}
             events.append(f"data: {json.dumps(usage)}\n\n")
         events.append("data: [DONE]\n\n")
         return "".join(events)

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from moa_local.config import Config
 from moa_local.metrics import Metrics
 from tests.support.dashboard_queries import instantiate, load_dashboard, metric_names, targets
-from tests.support.engine_fixtures import CpuStack
+from tests.support.engine_fixtures import CpuStack, eventually
 from tests.support.gateway_fixtures import GatewayFactory
 from tests.support.metrics_configs import small_config
 
@@ -156,15 +156,20 @@ def test_every_dashboard_metric_is_in_a_live_scrape(cpu_stack: CpuStack, gateway
             json={"model": mixture, "messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 16},
         )
         assert answer.status_code == 200, answer.text
-        gateway_names = exported_sample_names(client.get(f"{gateway.url}/metrics").text)
-        engine_names: set[str] = set()
-        for endpoint in config.endpoints.values():
-            root = endpoint.base_url.removesuffix("/v1")
-            engine_names |= exported_sample_names(client.get(f"{root}/metrics").text)
-    used = used_names()
-    missing = {name: sorted(panels) for name, panels in used.items() if name not in gateway_names | engine_names}
-    assert not missing, f"dashboard metrics no live server exports: {missing}"
-    assert recorded_vllm_names() <= engine_names, (
-        f"refresh tests/data/{VLLM_NAMES_FILE.name} from a live scrape: "
-        f"{sorted(n for n in engine_names if n.startswith('vllm:'))}"
-    )
+
+        def every_name_is_exported() -> None:
+            gateway_names = exported_sample_names(client.get(f"{gateway.url}/metrics").text)
+            engine_names: set[str] = set()
+            for endpoint in config.endpoints.values():
+                root = endpoint.base_url.removesuffix("/v1")
+                engine_names |= exported_sample_names(client.get(f"{root}/metrics").text)
+            exported = gateway_names | engine_names
+            missing = {name: sorted(panels) for name, panels in used_names().items() if name not in exported}
+            assert not missing, f"dashboard metrics no live server exports: {missing}"
+            assert recorded_vllm_names() <= engine_names, (
+                f"refresh tests/data/{VLLM_NAMES_FILE.name} from a live scrape: "
+                f"{sorted(n for n in engine_names if n.startswith('vllm:'))}"
+            )
+
+        # moa_endpoint_up appears with the prober's first round, which runs beside the request.
+        eventually(every_name_is_exported, timeout_s=30)

@@ -83,7 +83,6 @@ async def test_two_layer_mixture_streams_an_answer_with_usage_matching_the_engin
     config = cpu_stack.config
     before = {name: engine_counters(cpu_stack.base_url(name)) for name in config.endpoints}
     events, _ = await run_mixture(config, "moa-cpu", [{"role": "user", "content": QUESTION}])
-    after = {name: engine_counters(cpu_stack.base_url(name)) for name in config.endpoints}
 
     done = done_of(events)
     tokens = [event for event in events if isinstance(event, Token)]
@@ -101,10 +100,18 @@ async def test_two_layer_mixture_streams_an_answer_with_usage_matching_the_engin
     print(f"\nmoa-cpu: first token after {trace.ttft_s:.2f}s, done in {trace.duration_s:.2f}s, "
           f"overhead {trace.overhead_s * 1000:.1f} ms")  # fmt: skip
 
-    # The usage we report is what the engines themselves counted, call for call.
+    # The usage we report is what the engines themselves counted, call for call. vLLM updates its
+    # counters in its output loop, beside the stream it answers on: read them until they settle.
     usage = trace.usage()
-    generated = sum(after[n]["generation"] - before[n]["generation"] for n in config.endpoints)
-    prompted = sum(after[n]["prompt"] - before[n]["prompt"] for n in config.endpoints)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while True:
+        after = {name: engine_counters(cpu_stack.base_url(name)) for name in config.endpoints}
+        generated = sum(after[n]["generation"] - before[n]["generation"] for n in config.endpoints)
+        prompted = sum(after[n]["prompt"] - before[n]["prompt"] for n in config.endpoints)
+        if (generated, prompted) == (usage.completion_tokens, usage.prompt_tokens) or loop.time() > deadline:
+            break
+        await asyncio.sleep(0.2)
     assert usage.completion_tokens == generated
     assert usage.prompt_tokens == prompted
 

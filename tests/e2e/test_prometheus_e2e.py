@@ -3,6 +3,8 @@
 The shipped rules are loaded as they are; the scrape config is the one
 `moa-local prometheus-config` renders, with free ports and a 1 s interval.
 A mixture with a proposer on a dead port injects one failure per request.
+What Prometheus shows arrives with later scrapes and rule evaluations, so
+every assertion on it waits, bounded, until it holds.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import yaml
 from moa_local.config import Config, parse_config
 from moa_local.deploy.prometheus_config import prometheus_config, render
 from tests.support.dashboard_queries import instantiate, targets
-from tests.support.engine_fixtures import CpuStack
+from tests.support.engine_fixtures import CpuStack, eventually
 from tests.support.gateway_fixtures import GatewayFactory, GatewayServer
 
 pytestmark = [pytest.mark.engine, pytest.mark.prometheus]
@@ -156,33 +158,48 @@ def test_prometheus_sees_what_the_clients_saw(e2e_gateway: GatewayServer, promet
 
     prometheus.wait_for(f'sum(moa_requests_total{{mixture="{MIXTURE}", outcome="ok"}})', REQUESTS)
     prometheus.wait_for("sum(moa_tokens_total)", prompt_tokens + completion_tokens)
-    assert prometheus.value('sum(moa_tokens_total{kind="completion"})') == completion_tokens
-    assert prometheus.value('sum(moa_agent_calls_total{endpoint="broken", outcome="error"})') == REQUESTS
-    assert prometheus.value('sum(moa_agent_calls_total{outcome="error"})') == REQUESTS
-    assert prometheus.value(f'sum(moa_proposals_used_count{{mixture="{MIXTURE}"}})') == REQUESTS
-    assert prometheus.value(f'sum(moa_proposals_used_sum{{mixture="{MIXTURE}"}})') <= 2 * REQUESTS
+    # Prometheus scrapes each target on its own schedule and evaluates rules and alerts after the
+    # scrapes; the gateway's prober sets moa_endpoint_up on its own clock. So each block of
+    # assertions below is retried until it holds (bounded by `eventually`).
 
-    # The engines' own view, under the same endpoint labels.
-    up = {s["metric"]["endpoint"]: s["value"][1] for s in prometheus.query('up{job="vllm"}')}
-    assert up == {"smollm2": "1", "qwen": "1", "broken": "0"}
-    assert prometheus.value('moa_endpoint_up{endpoint="qwen"}') == 1
-    assert prometheus.value('moa_endpoint_up{endpoint="broken"}') == 0
-    assert prometheus.value("sum(vllm:generation_tokens_total)") >= completion_tokens
-    for usage_share in prometheus.query("vllm:kv_cache_usage_perc"):
-        assert 0.0 <= float(usage_share["value"][1]) <= 1.0
+    def gateway_view() -> None:
+        assert prometheus.value('sum(moa_tokens_total{kind="completion"})') == completion_tokens
+        assert prometheus.value('sum(moa_agent_calls_total{endpoint="broken", outcome="error"})') == REQUESTS
+        assert prometheus.value('sum(moa_agent_calls_total{outcome="error"})') == REQUESTS
+        assert prometheus.value(f'sum(moa_proposals_used_count{{mixture="{MIXTURE}"}})') == REQUESTS
+        assert prometheus.value(f'sum(moa_proposals_used_sum{{mixture="{MIXTURE}"}})') <= 2 * REQUESTS
+
+    eventually(gateway_view)
+
+    def engines_view() -> None:  # the engines' own view, under the same endpoint labels
+        up = {s["metric"]["endpoint"]: s["value"][1] for s in prometheus.query('up{job="vllm"}')}
+        assert up == {"smollm2": "1", "qwen": "1", "broken": "0"}
+        assert prometheus.value('moa_endpoint_up{endpoint="qwen"}') == 1
+        assert prometheus.value('moa_endpoint_up{endpoint="broken"}') == 0
+        assert prometheus.value("sum(vllm:generation_tokens_total)") >= completion_tokens
+        for usage_share in prometheus.query("vllm:kv_cache_usage_perc"):
+            assert 0.0 <= float(usage_share["value"][1]) <= 1.0
+
+    eventually(engines_view)
 
     # Every recording rule has data, and the dead endpoint's alert is on its way.
     groups = [group for path in sorted(RULES_DIR.glob("*.yml")) for group in yaml.safe_load(path.read_text())["groups"]]
     recorded = [rule["record"] for group in groups for rule in group["rules"] if "record" in rule]
-    empty = [name for name in recorded if not prometheus.query(name)]
-    assert not empty, f"recording rules without data: {empty}"
-    median = prometheus.value(f'mixture:moa_request_duration_seconds:p50{{mixture="{MIXTURE}"}}')
-    assert 0.0 < median < 300.0
-    alerts = prometheus.query('ALERTS{alertname="MoaEndpointDown", endpoint="broken"}')
-    assert alerts and alerts[0]["metric"]["alertstate"] in ("pending", "firing")
 
-    # Every dashboard query returns data (Grafana's variables at "All").
-    empty_panels = [t.panel for t in targets() if not prometheus.query(instantiate(t.expr))]
-    assert not empty_panels, f"dashboard panels without data: {empty_panels}"
+    def rules_and_alerts() -> None:
+        empty = [name for name in recorded if not prometheus.query(name)]
+        assert not empty, f"recording rules without data: {empty}"
+        median = prometheus.value(f'mixture:moa_request_duration_seconds:p50{{mixture="{MIXTURE}"}}')
+        assert 0.0 < median < 300.0
+        alerts = prometheus.query('ALERTS{alertname="MoaEndpointDown", endpoint="broken"}')
+        assert alerts and alerts[0]["metric"]["alertstate"] in ("pending", "firing")
+
+    eventually(rules_and_alerts)
+
+    def dashboard_view() -> None:  # every dashboard query returns data (Grafana's variables at "All")
+        empty_panels = [t.panel for t in targets() if not prometheus.query(instantiate(t.expr))]
+        assert not empty_panels, f"dashboard panels without data: {empty_panels}"
+
+    eventually(dashboard_view)
     print(f"\nsum(moa_tokens_total) = {prometheus.value('sum(moa_tokens_total)'):g} "
           f"(clients' usage: {prompt_tokens} + {completion_tokens})")  # fmt: skip

@@ -13,13 +13,18 @@ run folder in a temporary directory, and stopped at the end of the session,
 also when the session fails or is interrupted (an atexit hook backs up the
 fixture's teardown). Needs `make engine models` first; otherwise the fixture
 fails with the launcher's message naming the missing piece.
+
+`eventually(check)` is for what engines, the gateway's prober and Prometheus
+report a moment after the request that caused it: it reruns the check's
+assertions until they hold, and raises the last failure after a bound.
 """
 
 from __future__ import annotations
 
 import atexit
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -37,6 +42,19 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def eventually(check: Callable[[], None], timeout_s: float = 60.0, interval_s: float = 0.5) -> None:
+    """Run `check` until it raises no AssertionError; after `timeout_s`, its last one propagates."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            check()
+            return
+        except AssertionError:
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(interval_s)
 
 
 def with_free_ports(config: Config) -> Config:

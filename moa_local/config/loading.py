@@ -1,10 +1,10 @@
-"""The YAML config: frozen typed models, validated once at load.
+"""Reading a config file: YAML, `${VAR}` expansion, validation, cross-references.
 
 `load_config(path)` reads the file, expands `${VAR}` in string values,
 validates every key, checks cross-references (an agent's endpoint exists,
 `min_ok` is reachable, names do not collide) and raises `ConfigError` whose
 message names the file, the dotted key path and the bad value. Nothing after
-load reads raw dicts.
+load reads raw dicts. The models themselves are `schema.py`'s.
 """
 
 from __future__ import annotations
@@ -13,175 +13,15 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ValidationError
 
+from moa_local.config.schema import Config, MixtureConfig
 from moa_local.errors import ConfigError
-from moa_local.urls import default_port
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
-Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")  # ${VAR} or ${VAR:-default}
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class CircuitConfig(_Frozen):
-    failures: int = Field(5, ge=1)  # consecutive failures that open the circuit
-    cooldown_s: float = Field(30.0, gt=0)  # skipped this long, then probed again
-
-
-class ServeConfig(_Frozen):
-    """How `moa-local up` (bare metal) or `moa-local compose` starts the engine."""
-
-    engine: Literal["vllm-cpu", "vllm"]
-    model_path: str
-    gpus: tuple[int, ...] = ()  # GPU indices; tensor parallel = len(gpus)
-    cpus: str | None = None  # vllm-cpu: OpenMP core binding, e.g. "0" or "0-1"
-    kv_cache_gib: int | None = Field(None, ge=1)  # vllm-cpu: KV cache space in GiB
-    dtype: str | None = None
-    max_model_len: int | None = Field(None, ge=16)  # default: the endpoint's context_window
-    max_num_seqs: int | None = Field(None, ge=1)
-    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
-    kv_cache_memory_bytes: int | None = Field(None, ge=1)
-    quantization: str | None = None
-    kv_cache_dtype: str | None = None
-    image: str | None = None  # override the pinned vllm/vllm-openai image
-    args: tuple[str, ...] = ()  # extra engine flags, passed as given
-    node: str | None = None  # the machine that runs it (`compose --node`); None = where the gateway runs
-
-    @field_validator("model_path")
-    @classmethod
-    def _expand_home(cls, value: str) -> str:
-        return os.path.expanduser(value)
-
-    @field_validator("gpus")
-    @classmethod
-    def _distinct_gpus(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        if len(set(value)) != len(value) or any(g < 0 for g in value):
-            raise ValueError("GPU indices must be distinct and >= 0")
-        return value
-
-    @model_validator(mode="after")
-    def _engine_fits(self) -> ServeConfig:
-        if self.engine == "vllm" and not self.gpus:
-            raise ValueError("engine 'vllm' needs at least one GPU index in 'gpus'")
-        if self.engine == "vllm-cpu" and self.gpus:
-            raise ValueError("engine 'vllm-cpu' runs on CPU: remove 'gpus'")
-        return self
-
-    @property
-    def tensor_parallel(self) -> int:
-        return max(1, len(self.gpus))
-
-
-class EndpointConfig(_Frozen):
-    base_url: str
-    model: str  # the served model name
-    api_key: str | None = Field(None, repr=False)  # may be "${VAR}"; kept out of reprs and logs
-    api_key_env: str | None = None  # or the name of a variable holding the key
-    timeout_s: float = Field(120.0, gt=0)
-    connect_timeout_s: float = Field(5.0, gt=0)
-    max_concurrency: int = Field(32, ge=1)
-    max_retries: int = Field(2, ge=0, le=10)
-    context_window: int | None = Field(None, ge=16)  # tokens; None = not guarded here
-    circuit: CircuitConfig = CircuitConfig()
-    serve: ServeConfig | None = None
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        try:
-            valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
-        except ValueError:  # urlsplit's port: not a number in 0-65535
-            valid = False
-        if not valid:
-            raise ValueError("must be an http(s) URL like http://127.0.0.1:8000/v1")
-        return value.rstrip("/")
-
-    def resolved_api_key(self) -> str:
-        if self.api_key:
-            return self.api_key
-        if self.api_key_env:
-            return os.environ.get(self.api_key_env, "")
-        return ""
-
-    @property
-    def port(self) -> int:
-        return default_port(self.base_url)
-
-
-class SamplingConfig(_Frozen):
-    endpoint: str
-    temperature: float = Field(0.7, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    max_tokens: int = Field(512, ge=1)
-    system_prompt: str | None = None
-
-
-class AgentConfig(SamplingConfig):
-    n: int = Field(1, ge=1, le=16)  # samples in one request (Self-MoA)
-
-
-class AggregatorConfig(SamplingConfig):
-    pass
-
-
-class LayerConfig(_Frozen):
-    agents: tuple[AgentConfig, ...] = Field(min_length=1)
-    min_ok: int = Field(1, ge=1)
-    deadline_s: float | None = Field(None, gt=0)
-
-    @property
-    def samples(self) -> int:
-        return sum(agent.n for agent in self.agents)
-
-
-class MixtureConfig(_Frozen):
-    layers: tuple[LayerConfig, ...] = Field(min_length=1)
-    aggregator: AggregatorConfig
-    reference_prompt: str | None = None
-    timeout_s: float = Field(600.0, gt=0)  # cap on the whole request
-    description: str | None = None
-
-
-class GatewayConfig(_Frozen):
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
-    api_keys_env: str | None = "MOA_API_KEYS"  # comma-separated keys; unset variable = no auth
-    max_inflight: int = Field(256, ge=1)
-    max_body_bytes: int = Field(1_048_576, ge=1024)
-    probe_interval_s: float = Field(10.0, gt=0)
-    log_content: bool = False  # log prompt and answer text (debug only)
-
-
-class ComposeConfig(_Frozen):
-    """How `moa-local compose` writes the Docker Compose file (GPU deployment)."""
-
-    vllm_image: str = "vllm/vllm-openai:v0.33.0"  # pinned; a serve block's `image` overrides it
-    gateway_image: str = "moa-local-gateway:latest"  # built from the repository's Dockerfile
-    prometheus_image: str = "prom/prometheus:v3.5.0"
-    grafana_image: str = "grafana/grafana:12.0.2"
-    publish_host: str = "127.0.0.1"  # host address the gateway and Grafana publish on
-    gateway_port: int | None = Field(None, ge=1, le=65535)  # host port; None = gateway.port
-    grafana_port: int = Field(3000, ge=1, le=65535)
-    engine_start_period_s: int = Field(1800, ge=60)  # health grace while weights load
-
-
-class Config(_Frozen):
-    endpoints: dict[Name, EndpointConfig] = Field(min_length=1)
-    mixtures: dict[Name, MixtureConfig] = {}
-    gateway: GatewayConfig = GatewayConfig()
-    compose: ComposeConfig = ComposeConfig()
-
-    def model_names(self) -> list[str]:
-        return [*self.mixtures, *self.endpoints]
 
 
 def load_config(path: str | Path) -> Config:

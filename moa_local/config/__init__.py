@@ -1,0 +1,43 @@
+"""The YAML config: frozen typed models, validated once at load.
+
+The package face: import from `moa_local.config`, not from its modules.
+`schema.py` holds the models, `loading.py` reads a file into them (YAML,
+`${VAR}` expansion, errors naming file, key path and value, cross-reference
+checks). Nothing after load reads raw dicts.
+"""
+
+from moa_local.config.loading import load_config, load_mixture, parse_config
+from moa_local.config.schema import (
+    NAME_PATTERN,
+    AgentConfig,
+    AggregatorConfig,
+    CircuitConfig,
+    ComposeConfig,
+    Config,
+    EndpointConfig,
+    GatewayConfig,
+    LayerConfig,
+    MixtureConfig,
+    Name,
+    SamplingConfig,
+    ServeConfig,
+)
+
+__all__ = [
+    "NAME_PATTERN",
+    "AgentConfig",
+    "AggregatorConfig",
+    "CircuitConfig",
+    "ComposeConfig",
+    "Config",
+    "EndpointConfig",
+    "GatewayConfig",
+    "LayerConfig",
+    "MixtureConfig",
+    "Name",
+    "SamplingConfig",
+    "ServeConfig",
+    "load_config",
+    "load_mixture",
+    "parse_config",
+]
