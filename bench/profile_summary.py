@@ -17,8 +17,8 @@ from collections import Counter
 # (component, path fragments); the innermost frame matching one of them decides.
 COMPONENTS = (
     (
-        "upstream HTTP client (moa_local/upstream.py, asyncio streams, socket reads and writes)",
-        ("moa_local/upstream.py", "asyncio/streams.py"),
+        "upstream HTTP client (moa_local/engines/upstream.py, asyncio streams, socket reads and writes)",
+        ("moa_local/engines/upstream.py", "asyncio/streams.py"),
     ),
     ("the SDK's HTTP client (httpx2/httpcore2/anyio/h11: health probes)", ("httpx2/", "httpcore2/", "anyio/", "h11/")),
     ("openai SDK (request building, chunk objects)", ("openai/",)),
@@ -74,7 +74,7 @@ def main(argv: list[str]) -> int:
         print(f"| {name} | {100 * count / total:.1f}% |")
     print("\n| function (inclusive) | share |\n|---|---:|")
     skip = ("click/", "runners.py", "uvicorn/main.py", "uvicorn/server.py", "uvicorn/_compat.py", "<module>",
-            "moa_local/cli.py", "moa_local/server.py")  # fmt: skip
+            "moa_local/cli/", "moa_local/api/server.py")  # fmt: skip
     shown = [(f, c) for f, c in inclusive.most_common() if not any(s in f for s in skip)]
     for frame, count in shown[:30]:
         print(f"| `{frame}` | {100 * count / total:.1f}% |")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from moa_local.bench.stats import Summary
 
 if TYPE_CHECKING:
-    from moa_local.bench.runner import BenchResult
+    from moa_local.bench.result import BenchResult
 
 Getter = Callable[[Summary], float | None]
 

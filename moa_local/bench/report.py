@@ -4,7 +4,7 @@
   figures, and notes (a duration limit reached, plots skipped, ...).
 - `records.jsonl`: one line per request, the raw material of the summaries.
 - `summary.md`: the same figures as Markdown tables, plots embedded.
-- PNG plots (`bench_plots.py`), when matplotlib is installed.
+- PNG plots (`plots.py`), when matplotlib is installed.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from moa_local.bench.runner import BenchResult, Segment
+from moa_local.bench.result import BenchResult, Segment
 from moa_local.bench.stats import Spread
 
 SCHEMA = 1

@@ -4,9 +4,9 @@ For each model, at each closed-loop concurrency (a fixed number of requests
 in flight) and each open-loop rate (Poisson arrivals, in requests/s), a
 *segment* sends `requests` streamed chat completions, bounded also by
 `duration_limit_s` (no new request starts after it). Every request yields a
-record (`bench_client.py`); each segment is summarised (`bench_stats.py`)
-with the engines' own figures over the same span (`bench_engines.py`), and
-the whole run is written as JSON, Markdown and plots (`bench_report.py`).
+record (`client.py`); each segment is summarised (`stats.py`)
+with the engines' own figures over the same span (`engines.py`), and
+the whole run is written as JSON, Markdown and plots (`report.py`; the types in `result.py`).
 
 The load generator is one asyncio process with a plain httpx client; on a
 small machine it shares the cores with the gateway and the engines, which
@@ -19,12 +19,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-import os
-import platform
 import random
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,61 +34,13 @@ from moa_local.bench.client import Target, auth_headers, send
 from moa_local.bench.cpu import CpuWatch, parse_pid
 from moa_local.bench.dataset import Conversation, load_conversations
 from moa_local.bench.engines import EngineWatch
-from moa_local.bench.stats import RequestRecord, Summary, summarize
+from moa_local.bench.result import BenchPlan, BenchResult, Segment
+from moa_local.bench.stats import RequestRecord, summarize
 from moa_local.errors import BenchError
 from moa_local.urls import api_base
 
 PREFLIGHT_TIMEOUT_S = 10.0
 OPEN_LOOP_CONNECTIONS = 1024
-
-
-@dataclass(frozen=True)
-class BenchPlan:
-    url: str
-    models: tuple[str, ...]
-    out: Path
-    concurrency: tuple[int, ...] = (1, 4, 16)
-    rates: tuple[float, ...] = ()
-    requests: int = 32
-    max_tokens: int = 64
-    dataset: str = "builtin"
-    duration_limit_s: float | None = None
-    engine_metrics: tuple[str, ...] = ()
-    cpu_pids: tuple[tuple[str, int], ...] = ()  # local processes whose CPU time to report: (label, pid)
-    timeout_s: float = 300.0
-    warmup: int = 0
-    api_key: str | None = None
-    trace: bool = True
-    temperature: float | None = None
-    seed: int = 0
-
-    def target(self, model: str) -> Target:
-        return Target(self.url, model, self.max_tokens, self.temperature, self.trace, self.api_key, self.timeout_s)
-
-    def as_dict(self) -> dict[str, Any]:
-        data = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "api_key"}
-        data["out"] = str(self.out)
-        data["cpu_pids"] = [label for label, _ in self.cpu_pids]
-        return data
-
-
-@dataclass
-class Segment:
-    summary: Summary
-    engines: list[dict[str, Any]]
-    records: list[RequestRecord]
-    cpu: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class BenchResult:
-    plan: BenchPlan
-    started_at: str
-    segments: list[Segment] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def machine(self) -> dict[str, Any]:
-        return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
 
 
 def parse_levels(text: str, kind: Callable[[str], float], what: str) -> tuple[float, ...]:

@@ -8,7 +8,7 @@ percentiles, orchestration overhead and error counts.
 
 Percentiles interpolate linearly between the closest ranks (NumPy's
 default), so p50 of [1, 2, 3, 4] is 2.5. Left out on purpose: any I/O
-(`bench_client.py` sends requests, `bench_report.py` writes files).
+(`client.py` sends requests, `report.py` writes files).
 """
 
 from __future__ import annotations

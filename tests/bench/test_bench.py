@@ -22,7 +22,8 @@ from click.testing import CliRunner
 from moa_local.bench.client import Target, send
 from moa_local.bench.engines import EngineWatch, occupancy, parse
 from moa_local.bench.plots import write_plots
-from moa_local.bench.runner import BenchPlan, BenchResult, Segment, parse_levels
+from moa_local.bench.result import BenchPlan, BenchResult, Segment
+from moa_local.bench.runner import parse_levels
 from moa_local.bench.stats import RequestRecord, summarize
 from moa_local.cli import main
 from moa_local.errors import BenchError
