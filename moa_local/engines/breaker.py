@@ -59,6 +59,12 @@ class CircuitBreaker:
         self._probing = True
         return Permit(probe=True, opening=self._openings)
 
+    def allows(self) -> bool:
+        """Whether `allow()` would hand out a permit now; takes nothing (a probe's place stays free)."""
+        if self._open_until is None:
+            return True
+        return not self._probing and self._clock() >= self._open_until
+
     def retry_in_s(self) -> float:
         if self._open_until is None:
             return 0.0

@@ -169,3 +169,15 @@ def test_a_probe_of_an_earlier_opening_has_no_say_over_the_current_one(clock: Cl
     assert breaker.retry_in_s() == 0.0  # nor pushes the cool-down out
     breaker.record_failure(probe)  # the current probe's verdict still counts
     assert breaker.retry_in_s() == 10.0 and breaker.allow() is None
+
+
+def test_allows_asks_without_taking_the_probes_place(clock: Clock) -> None:
+    breaker = opened(clock)
+    assert not breaker.allows()
+    clock.advance(10.0)
+    assert breaker.allows() and breaker.allows()
+    probe = breaker.allow()
+    assert probe is not None and probe.probe  # asking did not use it up
+    assert not breaker.allows()
+    breaker.record_success(probe)
+    assert breaker.allows()
