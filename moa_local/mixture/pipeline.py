@@ -126,7 +126,12 @@ class Pipeline:
     ) -> AsyncGenerator[Proposal, None]:
         """Run one layer, yielding proposals as they arrive; fill `answers` in agent order."""
         start = time.perf_counter()
-        until = request_deadline if layer.deadline_s is None else min(request_deadline, start + layer.deadline_s)
+        # Whichever bound comes first cuts the layer off, and the late agents' error names that one.
+        own = None if layer.deadline_s is None else start + layer.deadline_s
+        if own is not None and own <= request_deadline:
+            until, cut_off_by = own, f"cut off by the {layer.deadline_s:g}s deadline"
+        else:
+            until, cut_off_by = request_deadline, f"cut off by the {spec.timeout_s:g}s request deadline"
         tasks: dict[asyncio.Task[list[str]], AgentTrace] = {}
         for agent in layer.agents:
             agent_trace = AgentTrace(agent.endpoint, "proposer", samples=agent.n)
@@ -144,7 +149,7 @@ class Pipeline:
                 if not done:  # the deadline passed
                     for task in pending:
                         tasks[task].status = "late"
-                        tasks[task].error = f"cut off by the {layer.deadline_s or spec.timeout_s:g}s deadline"
+                        tasks[task].error = cut_off_by
                     break
                 for task in done:
                     error = task.exception()

@@ -342,6 +342,16 @@ async def test_request_timeout_caps_a_layer_without_deadline() -> None:
     assert caller.to("slow")[0].cancelled
 
 
+async def test_late_agents_name_the_request_deadline_when_it_comes_before_the_layers() -> None:
+    caller = FakeCaller({"slow": Behaviour(delay_s=5.0)})
+    config = mixture(["a", "slow"], min_ok=[2], deadline_s=[10]).model_copy(update={"timeout_s": 0.2})
+    with pytest.raises(DeadlineError) as caught:
+        await collect(caller, RunSpec.for_mixture("moa", config))
+    assert str(caught.value) == (
+        "moa: layer 1 got 1 of the 2 answers it needs — slow: late (cut off by the 0.2s request deadline)"
+    )
+
+
 async def test_request_timeout_caps_the_wait_for_the_aggregator() -> None:
     caller = FakeCaller({"agg": Behaviour(delay_s=5.0)})
     spec = RunSpec.for_mixture("moa", mixture(["a"]).model_copy(update={"timeout_s": 0.2}))
