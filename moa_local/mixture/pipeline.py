@@ -12,8 +12,10 @@ It knows nothing of HTTP. Engine calls go through a `Caller` (the endpoint
 pool in production, plain functions in tests), each carrying its request's
 start as its place in a full endpoint's queue (oldest request first).
 Deadlines bound each wait (for a layer, for the aggregator's next token)
-rather than the generator as a whole: an `asyncio.timeout` must not span
-a `yield` of an async generator (it would cancel the consumer instead).
+rather than the generator as a whole: a timeout must not span a `yield`
+of an async generator (it would cancel the consumer instead). A call cut
+off by a deadline has its trace marked (`late`, `timeout`) before it is
+cancelled, so that the endpoint's record of it says the same.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Protocol
 from moa_local.config import AgentConfig, LayerConfig
 from moa_local.errors import BackendError, DeadlineError, MoaError, QuorumError
 from moa_local.metrics import Metrics
+from moa_local.mixture.cutoff import Cutoff
 from moa_local.mixture.events import Done, Event, LayerDone, Proposal, Token
 from moa_local.mixture.references import Message, fit
 from moa_local.mixture.spec import RunSpec, Sampling, sampling_of
@@ -37,7 +40,10 @@ from moa_local.mixture.trace import AgentTrace, LayerTrace, RequestTrace
 class Caller(Protocol):
     def stream(
         self, endpoint: str, messages: list[Message], sampling: Sampling, trace: AgentTrace, order: float = 0.0
-    ) -> AsyncGenerator[tuple[int, str], None]: ...
+    ) -> AsyncGenerator[tuple[int, str], None]:
+        """The call's (choice index, text) pieces. It fills `trace`: `attempts` stays 0 while the call
+        waits for a slot at the endpoint and counts its attempts from its admission on."""
+        ...
 
     def context_window(self, endpoint: str) -> int | None: ...
 
@@ -77,10 +83,11 @@ class Pipeline:
             aggregator.note = fitted.note
             sampling = replace(step.sampling, max_tokens=fitted.max_tokens)
             call = self.caller.stream(step.endpoint, fitted.messages, sampling, aggregator, start)
+            cap = _AggregatorCap(spec, aggregator, deadline)
             async with aclosing(call) as tokens:
                 while True:
-                    try:  # the request's cap bounds each wait for a token; the timeout spans no yield
-                        async with asyncio.timeout(max(0.0, deadline - time.perf_counter())):
+                    try:  # the cap bounds each wait for a token; the timer spans no yield
+                        with Cutoff(cap.at, cap.expire):
                             _, text = await anext(tokens)
                     except StopAsyncIteration:
                         break
@@ -90,7 +97,7 @@ class Pipeline:
                         trace.ttft_s = time.perf_counter() - start
                     parts.append(text)
                     yield Token(text)
-                    if time.perf_counter() > deadline:
+                    if time.perf_counter() > cap.at and cap.expire() is None:
                         raise _cut_off(spec, aggregator)
             trace.duration_s = time.perf_counter() - start
             outcome = "ok"
@@ -203,10 +210,41 @@ class Pipeline:
         return ["".join(p) for p in parts]
 
 
-def _cut_off(spec: RunSpec, aggregator: AgentTrace) -> DeadlineError:
+class _AggregatorCap:
+    """When the wait for the aggregator's next token is cut off (`at`, a perf_counter time).
+
+    A mixture's: the request's cap. A pass-through's: the same while its
+    call waits for a slot; once the call is admitted, the call's own
+    timeout ends it, so at the cap the cap moves `admitted_cap_s` on (from
+    no earlier than the admission). Cutting off marks the call's trace
+    first: it is then cancelled, and the endpoint records it as it unwinds.
+    """
+
+    def __init__(self, spec: RunSpec, trace: AgentTrace, at: float) -> None:
+        self.at = at
+        self._spec = spec
+        self._trace = trace
+        self._moved = False
+
+    def expire(self) -> float | None:
+        """At the cap: a later cap to wait until instead, or None (cut off; the trace is marked)."""
+        later = self._spec.admitted_cap_s
+        if later is not None and not self._moved and self._trace.attempts > 0:
+            self._moved = True
+            self.at = time.perf_counter() + later
+            return self.at
+        _mark_cut_off(self._spec, self._trace)
+        return None
+
+
+def _mark_cut_off(spec: RunSpec, aggregator: AgentTrace) -> None:
     """The request's deadline ended the aggregator: its call counts as a timeout, not a cancellation."""
     aggregator.status = "timeout"
     aggregator.error = f"cut off by the {spec.timeout_s:g}s request deadline"
+
+
+def _cut_off(spec: RunSpec, aggregator: AgentTrace) -> DeadlineError:
+    _mark_cut_off(spec, aggregator)
     return DeadlineError(f"{spec.model}: no complete answer within {spec.timeout_s:g}s")
 
 

@@ -1,16 +1,25 @@
-"""More fault injection against one endpoint over loopback (the circuit and the queue; see test_pool_faults.py)."""
+"""More fault injection against endpoints over loopback: the circuit and the queue, and how a cut-off call is counted.
+
+The first part is test_pool_faults.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from contextlib import aclosing
 from typing import TYPE_CHECKING
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from moa_local.engines.breaker import CircuitBreaker
-from moa_local.errors import EndpointUnavailable
+from moa_local.engines.pool import EndpointPool
+from moa_local.errors import DeadlineError, EndpointUnavailable
 from moa_local.metrics import Metrics
-from tests.support.calls import Clock, call, chats, opened, until, value
+from moa_local.mixture.pipeline import Pipeline
+from moa_local.mixture.spec import RunSpec
+from tests.support.calls import MESSAGES, Clock, call, chats, opened, until, value
+from tests.support.gateway_fixtures import fake_config, mixture
 
 if TYPE_CHECKING:
     from tests.support.fake_fixtures import FakeEngineFactory
@@ -39,3 +48,21 @@ async def test_fault_calls_queued_behind_a_dying_engine_are_skipped_once_admitte
     assert value(metrics, "moa_agent_calls_total", endpoint="e", role="proposer", outcome="error") == 1
     assert value(metrics, "moa_agent_retries_total", endpoint="e") == 0
     assert value(metrics, "moa_queued", endpoint="e") == 0 and value(metrics, "moa_inflight", endpoint="e") == 0
+
+
+async def test_fault_an_aggregator_cut_off_by_the_request_cap_is_counted_as_a_timeout(
+    fake_engine: FakeEngineFactory,
+) -> None:
+    p, a = fake_engine(model="p", tokens=2), fake_engine(model="a", hang=True)
+    config = fake_config({"p": p, "a": a}, {"mix": mixture(["p"], "a", timeout_s=0.5)})
+    metrics = Metrics(CollectorRegistry())
+    async with EndpointPool(config.endpoints, metrics) as pool:
+        run = Pipeline(pool, metrics).run(RunSpec.for_mixture("mix", config.mixtures["mix"]), MESSAGES)
+        with pytest.raises(DeadlineError):
+            async with aclosing(run):
+                async for _ in run:
+                    pass
+        await asyncio.to_thread(a.wait_for_event, "disconnect")  # the engine's request was closed
+    assert value(metrics, "moa_agent_calls_total", endpoint="a", role="aggregator", outcome="timeout") == 1
+    assert value(metrics, "moa_agent_calls_total", endpoint="a", role="aggregator", outcome="cancelled") == 0
+    assert value(metrics, "moa_requests_total", mixture="mix", outcome="timeout") == 1
