@@ -6,7 +6,9 @@ final `Done` with the answer, usage and trace. Layers fan out concurrently
 and proceed when every agent has answered, failed, or been cut off by the
 layer deadline, provided at least `min_ok` answers arrived; below that the
 request fails at once (503 quorum, 504 deadline) naming each endpoint and
-why. A pass-through to one endpoint is the same run with no layers.
+why. A conversation the aggregator's context window cannot hold is
+refused (413) before any call. A pass-through to one endpoint is the same
+run with no layers.
 
 It knows nothing of HTTP. Engine calls go through a `Caller` (the endpoint
 pool in production, plain functions in tests), each carrying its request's
@@ -28,11 +30,11 @@ from dataclasses import replace
 from typing import Protocol
 
 from moa_local.config import AgentConfig, LayerConfig
-from moa_local.errors import BackendError, DeadlineError, MoaError, QuorumError
+from moa_local.errors import BackendError, DeadlineError, MoaError, PayloadTooLarge, QuorumError
 from moa_local.metrics import Metrics
 from moa_local.mixture.cutoff import Cutoff
 from moa_local.mixture.events import Done, Event, LayerDone, Proposal, Token
-from moa_local.mixture.references import Message, fit
+from moa_local.mixture.references import Message, check_fits, fit
 from moa_local.mixture.spec import RunSpec, Sampling, sampling_of
 from moa_local.mixture.trace import AgentTrace, LayerTrace, RequestTrace
 
@@ -59,6 +61,12 @@ class Pipeline:
         trace = RequestTrace(spec.model)
         outcome = "error"
         try:
+            step = spec.aggregator
+            check_fits(  # before any call: the aggregator gets at least the last layer's quorum of references
+                conversation, spec.layers[-1].min_ok if spec.layers else 0, instruction=spec.reference_prompt,
+                system_prompt=step.system_prompt, context_window=self.caller.context_window(step.endpoint),
+                endpoint=step.endpoint,
+            )  # fmt: skip
             references: list[str] = []
             for index, layer in enumerate(spec.layers, start=1):
                 layer_trace = LayerTrace(index)
@@ -74,7 +82,6 @@ class Pipeline:
             parts: list[str] = []
             aggregator = AgentTrace(spec.aggregator.endpoint, "aggregator")
             trace.aggregator = aggregator
-            step = spec.aggregator
             fitted = fit(
                 conversation, references, instruction=spec.reference_prompt, system_prompt=step.system_prompt,
                 max_tokens=step.sampling.max_tokens, context_window=self.caller.context_window(step.endpoint),
@@ -105,6 +112,9 @@ class Pipeline:
             yield Done("".join(parts), finish, trace)
         except DeadlineError:
             outcome = "timeout"
+            raise
+        except PayloadTooLarge:
+            outcome = "rejected"
             raise
         except (asyncio.CancelledError, GeneratorExit):
             if outcome != "ok":  # after Done the answer is complete, whenever the consumer stops

@@ -20,6 +20,7 @@ from moa_local.errors import (
     EndpointStatusError,
     EndpointTimeout,
     InvalidRequest,
+    PayloadTooLarge,
     QuorumError,
 )
 from moa_local.metrics import Metrics
@@ -439,6 +440,29 @@ async def test_a_prompt_that_cannot_fit_is_refused_and_nothing_else_runs_on() ->
     assert caught.value.status == 400
     assert "endpoint 'a' has a context window of 64 tokens" in str(caught.value)
     assert [c.endpoint for c in caller.calls] == ["b"] and caller.calls[0].cancelled
+
+
+async def test_a_prompt_the_aggregator_cannot_hold_is_refused_before_any_call(metrics: Metrics) -> None:
+    caller = FakeCaller(windows={"agg": 64})
+    conversation = [{"role": "user", "content": "x" * 600}]
+    with pytest.raises(PayloadTooLarge) as caught:
+        await collect(caller, mixture(["a", "b"]), conversation, metrics)
+    assert caught.value.status == 413 and caught.value.param == "messages"
+    assert str(caught.value) == (
+        "messages are about 358 tokens; endpoint 'agg' has a context window of 64 tokens, "
+        "and at least 16 of them are kept for the answer"
+    )  # the conversation (204) and one reference block: the fewest references the aggregator can get
+    assert caller.calls == []  # no proposer's work wasted
+    assert counter(metrics, "moa_requests_total", mixture="moa", outcome="rejected") == 1
+    assert counter(metrics, "moa_requests_total", mixture="moa", outcome="error") == 0
+
+
+async def test_a_passthrough_prompt_over_the_window_is_refused_before_the_call() -> None:
+    caller = FakeCaller(windows={"a": 64})
+    spec = RunSpec.passthrough("a", Overrides(), timeout_s=5)
+    with pytest.raises(PayloadTooLarge, match=r"^messages are about 204 tokens; endpoint 'a' has a context window"):
+        await collect(caller, spec, [{"role": "user", "content": "x" * 600}])
+    assert caller.calls == []
 
 
 async def test_references_trimmed_for_a_small_aggregator_window() -> None:
