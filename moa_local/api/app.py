@@ -45,6 +45,8 @@ def create_app(config: Config, metrics: Metrics | None = None, *, probe: bool = 
             gateway.pipeline = Pipeline(pool, gateway.metrics)
             gateway.prober = Prober(config, pool, gateway.metrics)
             task = asyncio.create_task(gateway.prober.run(config.gateway.probe_interval_s)) if probe else None
+            if task is not None:
+                task.add_done_callback(_prober_stopped)
             try:
                 yield
             finally:
@@ -79,3 +81,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _internal_error(request: Request, exc: Exception) -> Response:
     logger.exception("internal error on %s %s", request.method, request.url.path)
     return error_response(internal_error())
+
+
+def _prober_stopped(task: asyncio.Task[None]) -> None:
+    """The prober ends only when cancelled; anything else is logged, never silent."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error(
+            "the health prober stopped: /ready and moa_endpoint_up no longer change", exc_info=task.exception()
+        )

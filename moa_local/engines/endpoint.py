@@ -4,9 +4,12 @@ An `Endpoint` has an admission limit of `max_concurrency` calls in flight
 (the oldest request's calls first, see `admission.py`), a circuit breaker,
 bounded retries with jittered backoff (connection errors, 429, 5xx; never
 once a stream has delivered a token, never past the call's deadline) and
-an overall timeout per call. Every call is streamed so that time to first
-token is known for proposers too; each fills an `AgentTrace` and records
-its metrics in `finally`. A call's `timeout_s` counts from its admission:
+an overall timeout per call. The breaker is asked before a call queues
+and again once it is admitted: calls that waited behind an engine that
+has just died are skipped (not sent, and not failures of the engine).
+Every call is streamed so that time to first token is known for
+proposers too; each fills an `AgentTrace` and records its metrics in
+`finally`. A call's `timeout_s` counts from its admission:
 time spent waiting for a slot is bounded by the request's deadline
 instead, so a busy endpoint's queue does not turn into engine timeouts.
 
@@ -38,7 +41,7 @@ import openai
 
 from moa_local.config import EndpointConfig
 from moa_local.engines.admission import Admission
-from moa_local.engines.breaker import CircuitBreaker
+from moa_local.engines.breaker import CircuitBreaker, Permit
 from moa_local.engines.failures import counts_against, status_error, translate
 from moa_local.engines.upstream import CallTimeout, Upstream
 from moa_local.errors import BackendError, EndpointStatusError, EndpointTimeout, EndpointUnavailable, StreamBroken
@@ -88,26 +91,28 @@ class Endpoint:
         start = time.perf_counter()
         trace.finish_reasons = [None] * sampling.n
         self.metrics.inflight.labels(self.name).inc()
+        permit: Permit | None = None
         try:
-            permit = self.breaker.allow()
-            if permit is None:
-                trace.status = "skipped"
-                raise EndpointUnavailable(self.name, f"circuit open after repeated failures; "
-                                          f"probing again in {self.breaker.retry_in_s():.0f}s")  # fmt: skip
-            # No asyncio.timeout around a yield: it would cancel the consumer.
-            # The call's deadline is one timer in the upstream client.
-            attempts = self._attempts(messages, sampling, trace, start)
-            async with self.admission.slot(order), aclosing(attempts):
-                async for item in attempts:
-                    yield item
+            if not self.breaker.allows():  # skipped at once, not after a wait in the queue
+                raise self._skipped(trace)
+            async with self.admission.slot(order):
+                # Again once admitted: the circuit may have opened while this call waited behind the failing ones.
+                permit = self.breaker.allow()
+                if permit is None:
+                    raise self._skipped(trace)
+                # No asyncio.timeout around a yield: it would cancel the consumer.
+                # The call's deadline is one timer in the upstream client.
+                async with aclosing(self._attempts(messages, sampling, trace, start)) as attempts:
+                    async for item in attempts:
+                        yield item
             trace.status = "ok"
             self.breaker.record_success(permit)
         except BackendError as exc:
             if trace.status == "pending":
                 trace.status = "timeout" if isinstance(exc, EndpointTimeout) else "error"
             trace.error = exc.reason
-            if trace.status == "skipped" or permit is None:
-                pass  # not a call: counting it would push the cool-down out for as long as traffic lasts
+            if permit is None:
+                pass  # skipped, not a call: counting it would push the cool-down out for as long as traffic lasts
             elif counts_against(exc):
                 self.breaker.record_failure(permit)
             else:  # the engine answered (a 4xx): no verdict on its health, but a probe's place is free again
@@ -127,6 +132,11 @@ class Endpoint:
                 self.name, trace.role, trace.status, trace.latency_s, trace.ttft_s,
                 trace.prompt_tokens, trace.completion_tokens,
             )  # fmt: skip
+
+    def _skipped(self, trace: AgentTrace) -> EndpointUnavailable:
+        trace.status = "skipped"
+        return EndpointUnavailable(self.name, f"circuit open after repeated failures; "
+                                   f"probing again in {self.breaker.retry_in_s():.0f}s")  # fmt: skip
 
     async def _attempts(
         self, messages: list[dict[str, Any]], sampling: Sampling, trace: AgentTrace, start: float

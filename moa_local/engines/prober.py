@@ -3,8 +3,10 @@
 A probe lists the engine's models (`GET /v1/models`, 5 s timeout): the
 endpoint is up when it answers and serves the configured model name. A
 mixture is ready when its aggregator is up and every layer can still reach
-its quorum with the endpoints that are up. `probe_endpoints` probes a config
-once, for `moa-local check`; printing its result is the command's business.
+its quorum with the endpoints that are up. A probe that fails with an
+unexpected error marks its endpoint down with that error as the reason,
+and the probe loop goes on. `probe_endpoints` probes a config once, for
+`moa-local check`; printing its result is the command's business.
 """
 
 from __future__ import annotations
@@ -29,7 +31,12 @@ class Prober:
         self.reasons: dict[str, str] = {}
 
     async def probe_once(self) -> None:
-        await asyncio.gather(*(self._probe(endpoint) for endpoint in self.pool))
+        endpoints = list(self.pool)
+        results = await asyncio.gather(*(self._probe(endpoint) for endpoint in endpoints), return_exceptions=True)
+        for endpoint, result in zip(endpoints, results, strict=True):
+            if isinstance(result, BaseException):  # a bug, not an engine's answer: down, and why
+                logger.error("the health probe of endpoint %s failed", endpoint.name, exc_info=result)
+                self._record(endpoint.name, False, f"the health probe failed: {type(result).__name__}: {result}")
 
     async def _probe(self, endpoint: Endpoint) -> None:
         try:
@@ -39,15 +46,26 @@ class Prober:
         else:
             up = endpoint.config.model in served
             reason = "" if up else f"serves {', '.join(served) or 'nothing'}, not {endpoint.config.model}"
-        if self.up.get(endpoint.name) != up:
-            logger.info("endpoint %s is %s%s", endpoint.name, "up" if up else "down", f": {reason}" if reason else "")
-        self.up[endpoint.name] = up
-        self.reasons[endpoint.name] = reason
-        self.metrics.set_endpoint_up(endpoint.name, up)
+        self._record(endpoint.name, up, reason)
+
+    def _record(self, name: str, up: bool, reason: str) -> None:
+        if self.up.get(name) != up:
+            logger.info("endpoint %s is %s%s", name, "up" if up else "down", f": {reason}" if reason else "")
+        self.up[name] = up
+        self.reasons[name] = reason
+        self.metrics.set_endpoint_up(name, up)
 
     async def run(self, interval_s: float) -> None:
+        """Probe every `interval_s` until cancelled; a round that fails is logged and the next one runs.
+
+        Nothing else ends the loop: a dead prober would freeze `/ready` and
+        `moa_endpoint_up` at their last values, silently.
+        """
         while True:
-            await self.probe_once()
+            try:
+                await self.probe_once()
+            except Exception:
+                logger.exception("a health probe round failed; the next one runs in %gs", interval_s)
             await asyncio.sleep(interval_s)
 
     def mixture_ready(self, mixture: MixtureConfig) -> bool:

@@ -6,14 +6,18 @@ final `Done` with the answer, usage and trace. Layers fan out concurrently
 and proceed when every agent has answered, failed, or been cut off by the
 layer deadline, provided at least `min_ok` answers arrived; below that the
 request fails at once (503 quorum, 504 deadline) naming each endpoint and
-why. A pass-through to one endpoint is the same run with no layers.
+why. A conversation the aggregator's context window cannot hold is
+refused (413) before any call. A pass-through to one endpoint is the same
+run with no layers.
 
 It knows nothing of HTTP. Engine calls go through a `Caller` (the endpoint
 pool in production, plain functions in tests), each carrying its request's
 start as its place in a full endpoint's queue (oldest request first).
 Deadlines bound each wait (for a layer, for the aggregator's next token)
-rather than the generator as a whole: an `asyncio.timeout` must not span
-a `yield` of an async generator (it would cancel the consumer instead).
+rather than the generator as a whole: a timeout must not span a `yield`
+of an async generator (it would cancel the consumer instead). A call cut
+off by a deadline has its trace marked (`late`, `timeout`) before it is
+cancelled, so that the endpoint's record of it says the same.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from dataclasses import replace
 from typing import Protocol
 
 from moa_local.config import AgentConfig, LayerConfig
-from moa_local.errors import BackendError, DeadlineError, MoaError, QuorumError
+from moa_local.errors import BackendError, DeadlineError, MoaError, PayloadTooLarge, QuorumError
 from moa_local.metrics import Metrics
+from moa_local.mixture.cutoff import Cutoff
 from moa_local.mixture.events import Done, Event, LayerDone, Proposal, Token
-from moa_local.mixture.references import Message, fit
+from moa_local.mixture.references import Message, check_fits, fit
 from moa_local.mixture.spec import RunSpec, Sampling, sampling_of
 from moa_local.mixture.trace import AgentTrace, LayerTrace, RequestTrace
 
@@ -37,7 +42,10 @@ from moa_local.mixture.trace import AgentTrace, LayerTrace, RequestTrace
 class Caller(Protocol):
     def stream(
         self, endpoint: str, messages: list[Message], sampling: Sampling, trace: AgentTrace, order: float = 0.0
-    ) -> AsyncGenerator[tuple[int, str], None]: ...
+    ) -> AsyncGenerator[tuple[int, str], None]:
+        """The call's (choice index, text) pieces. It fills `trace`: `attempts` stays 0 while the call
+        waits for a slot at the endpoint and counts its attempts from its admission on."""
+        ...
 
     def context_window(self, endpoint: str) -> int | None: ...
 
@@ -53,6 +61,12 @@ class Pipeline:
         trace = RequestTrace(spec.model)
         outcome = "error"
         try:
+            step = spec.aggregator
+            check_fits(  # before any call: the aggregator gets at least the last layer's quorum of references
+                conversation, spec.layers[-1].min_ok if spec.layers else 0, instruction=spec.reference_prompt,
+                system_prompt=step.system_prompt, context_window=self.caller.context_window(step.endpoint),
+                endpoint=step.endpoint,
+            )  # fmt: skip
             references: list[str] = []
             for index, layer in enumerate(spec.layers, start=1):
                 layer_trace = LayerTrace(index)
@@ -68,7 +82,6 @@ class Pipeline:
             parts: list[str] = []
             aggregator = AgentTrace(spec.aggregator.endpoint, "aggregator")
             trace.aggregator = aggregator
-            step = spec.aggregator
             fitted = fit(
                 conversation, references, instruction=spec.reference_prompt, system_prompt=step.system_prompt,
                 max_tokens=step.sampling.max_tokens, context_window=self.caller.context_window(step.endpoint),
@@ -77,10 +90,11 @@ class Pipeline:
             aggregator.note = fitted.note
             sampling = replace(step.sampling, max_tokens=fitted.max_tokens)
             call = self.caller.stream(step.endpoint, fitted.messages, sampling, aggregator, start)
+            cap = _AggregatorCap(spec, aggregator, deadline)
             async with aclosing(call) as tokens:
                 while True:
-                    try:  # the request's cap bounds each wait for a token; the timeout spans no yield
-                        async with asyncio.timeout(max(0.0, deadline - time.perf_counter())):
+                    try:  # the cap bounds each wait for a token; the timer spans no yield
+                        with Cutoff(cap.at, cap.expire):
                             _, text = await anext(tokens)
                     except StopAsyncIteration:
                         break
@@ -90,7 +104,7 @@ class Pipeline:
                         trace.ttft_s = time.perf_counter() - start
                     parts.append(text)
                     yield Token(text)
-                    if time.perf_counter() > deadline:
+                    if time.perf_counter() > cap.at and cap.expire() is None:
                         raise _cut_off(spec, aggregator)
             trace.duration_s = time.perf_counter() - start
             outcome = "ok"
@@ -98,6 +112,9 @@ class Pipeline:
             yield Done("".join(parts), finish, trace)
         except DeadlineError:
             outcome = "timeout"
+            raise
+        except PayloadTooLarge:
+            outcome = "rejected"
             raise
         except (asyncio.CancelledError, GeneratorExit):
             if outcome != "ok":  # after Done the answer is complete, whenever the consumer stops
@@ -126,7 +143,12 @@ class Pipeline:
     ) -> AsyncGenerator[Proposal, None]:
         """Run one layer, yielding proposals as they arrive; fill `answers` in agent order."""
         start = time.perf_counter()
-        until = request_deadline if layer.deadline_s is None else min(request_deadline, start + layer.deadline_s)
+        # Whichever bound comes first cuts the layer off, and the late agents' error names that one.
+        own = None if layer.deadline_s is None else start + layer.deadline_s
+        if own is not None and own <= request_deadline:
+            until, cut_off_by = own, f"cut off by the {layer.deadline_s:g}s deadline"
+        else:
+            until, cut_off_by = request_deadline, f"cut off by the {spec.timeout_s:g}s request deadline"
         tasks: dict[asyncio.Task[list[str]], AgentTrace] = {}
         for agent in layer.agents:
             agent_trace = AgentTrace(agent.endpoint, "proposer", samples=agent.n)
@@ -144,7 +166,7 @@ class Pipeline:
                 if not done:  # the deadline passed
                     for task in pending:
                         tasks[task].status = "late"
-                        tasks[task].error = f"cut off by the {layer.deadline_s or spec.timeout_s:g}s deadline"
+                        tasks[task].error = cut_off_by
                     break
                 for task in done:
                     error = task.exception()
@@ -198,10 +220,41 @@ class Pipeline:
         return ["".join(p) for p in parts]
 
 
-def _cut_off(spec: RunSpec, aggregator: AgentTrace) -> DeadlineError:
+class _AggregatorCap:
+    """When the wait for the aggregator's next token is cut off (`at`, a perf_counter time).
+
+    A mixture's: the request's cap. A pass-through's: the same while its
+    call waits for a slot; once the call is admitted, the call's own
+    timeout ends it, so at the cap the cap moves `admitted_cap_s` on (from
+    no earlier than the admission). Cutting off marks the call's trace
+    first: it is then cancelled, and the endpoint records it as it unwinds.
+    """
+
+    def __init__(self, spec: RunSpec, trace: AgentTrace, at: float) -> None:
+        self.at = at
+        self._spec = spec
+        self._trace = trace
+        self._moved = False
+
+    def expire(self) -> float | None:
+        """At the cap: a later cap to wait until instead, or None (cut off; the trace is marked)."""
+        later = self._spec.admitted_cap_s
+        if later is not None and not self._moved and self._trace.attempts > 0:
+            self._moved = True
+            self.at = time.perf_counter() + later
+            return self.at
+        _mark_cut_off(self._spec, self._trace)
+        return None
+
+
+def _mark_cut_off(spec: RunSpec, aggregator: AgentTrace) -> None:
     """The request's deadline ended the aggregator: its call counts as a timeout, not a cancellation."""
     aggregator.status = "timeout"
     aggregator.error = f"cut off by the {spec.timeout_s:g}s request deadline"
+
+
+def _cut_off(spec: RunSpec, aggregator: AgentTrace) -> DeadlineError:
+    _mark_cut_off(spec, aggregator)
     return DeadlineError(f"{spec.model}: no complete answer within {spec.timeout_s:g}s")
 
 

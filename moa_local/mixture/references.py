@@ -6,6 +6,10 @@ numbered answers `1. ...`, `2. ...`. An existing leading system message
 keeps its text and gets the block appended. An agent's own `system_prompt`
 comes before both.
 
+A request whose conversation cannot fit the aggregator's window even with
+the fewest references it can get and the shortest answer is refused before
+any call (`check_fits`, 413): the proposers' work would be wasted.
+
 Token counts here are estimates (characters / CHARS_PER_TOKEN, erring
 high) so that no tokenizer round trip is needed; the engine still refuses
 anything that really does not fit, and that error reaches the caller.
@@ -18,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from moa_local.errors import InvalidRequest
+from moa_local.errors import InvalidRequest, PayloadTooLarge
 
 Message = dict[str, Any]
 
@@ -65,6 +69,30 @@ def build_messages(
     if not parts:
         return rest
     return [{"role": "system", "content": "\n\n".join(parts)}, *rest]
+
+
+def check_fits(
+    conversation: Sequence[Message],
+    references: int,
+    *,
+    instruction: str | None,
+    system_prompt: str | None,
+    context_window: int | None,
+    endpoint: str,
+) -> None:
+    """Refuse (413) what cannot fit `endpoint`'s window with `references` (empty) references and the shortest answer.
+
+    `fit` would refuse the same messages later; this asks before anything runs.
+    """
+    if context_window is None:
+        return
+    base = estimate_messages(build_messages(conversation, [""] * references, instruction, system_prompt))
+    if context_window - base < MIN_ANSWER_TOKENS:
+        raise PayloadTooLarge(
+            f"messages are about {base} tokens; endpoint '{endpoint}' has a context window of {context_window} "
+            f"tokens, and at least {MIN_ANSWER_TOKENS} of them are kept for the answer",
+            param="messages",
+        )
 
 
 @dataclass(frozen=True)

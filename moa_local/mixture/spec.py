@@ -63,11 +63,22 @@ class Step:
 
 @dataclass(frozen=True)
 class RunSpec:
+    """What the pipeline runs for one model name.
+
+    `timeout_s` caps the request from its start. A pass-through's call has
+    a timeout of its own that counts from the call's admission (a 502 naming
+    the endpoint when it fires); `admitted_cap_s` (that timeout plus a
+    backstop) then bounds it from no earlier than the admission, so time in
+    the endpoint's queue cannot make the backstop fire first. None for a
+    mixture: its cap holds throughout.
+    """
+
     model: str
     layers: tuple[LayerConfig, ...]
     aggregator: Step
     reference_prompt: str | None = None
     timeout_s: float = 600.0
+    admitted_cap_s: float | None = None
 
     @classmethod
     def for_mixture(cls, name: str, mixture: MixtureConfig, overrides: Overrides = Overrides()) -> RunSpec:
@@ -86,13 +97,20 @@ class RunSpec:
         return cls(name, mixture.layers, step, mixture.reference_prompt, mixture.timeout_s)
 
     @classmethod
-    def passthrough(cls, endpoint: str, overrides: Overrides, timeout_s: float) -> RunSpec:
+    def passthrough(
+        cls, endpoint: str, overrides: Overrides, timeout_s: float, backstop_s: float = PASSTHROUGH_BACKSTOP_S
+    ) -> RunSpec:
+        """One call to `endpoint`, whose `timeout_s` (from its admission) ends it; the caps are backstops.
+
+        The wait for a slot is capped at `timeout_s + backstop_s` from the
+        request's start, the call once admitted at as much again.
+        """
         sampling = Sampling(
             overrides.temperature, overrides.top_p, overrides.max_tokens, 1,
             overrides.stop, overrides.seed, overrides.user,
         )  # fmt: skip
-        # The call's own timeout ends a pass-through (a 502 naming the endpoint); this cap is a backstop.
-        return cls(endpoint, (), Step(endpoint, sampling), None, timeout_s + PASSTHROUGH_BACKSTOP_S)
+        cap = timeout_s + backstop_s
+        return cls(endpoint, (), Step(endpoint, sampling), None, cap, admitted_cap_s=cap)
 
 
 def sampling_of(config: SamplingConfig) -> Sampling:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from moa_local.engines.breaker import CircuitBreaker
+from moa_local.engines.breaker import CircuitBreaker, Permit
 
 
 class Clock:
@@ -135,3 +135,49 @@ def test_threshold_of_one(clock: Clock) -> None:
     assert not breaker.allow()
     clock.advance(0.5)
     assert breaker.allow()
+
+
+def test_a_probe_that_fails_after_another_success_closed_the_circuit_is_one_failure(clock: Clock) -> None:
+    breaker = opened(clock, failures=3)
+    clock.advance(10.0)
+    probe = breaker.allow()
+    assert probe is not None and probe.probe
+    breaker.record_success()  # a call that began before the circuit opened answers: closed
+    assert not breaker.is_open
+    breaker.record_failure(probe)  # the probe fails now: an ordinary failure, one of three
+    assert not breaker.is_open and breaker.allow() == Permit()
+    breaker.record_failure()
+    assert not breaker.is_open
+    breaker.record_failure()
+    assert breaker.is_open and breaker.retry_in_s() == 10.0
+
+
+def test_a_probe_of_an_earlier_opening_has_no_say_over_the_current_one(clock: Clock) -> None:
+    breaker = opened(clock, failures=2)
+    clock.advance(10.0)
+    stale = breaker.allow()
+    assert stale is not None and stale.probe
+    breaker.record_success()  # closed by another call while the first probe is still out
+    breaker.record_failure()
+    breaker.record_failure()  # and open again
+    clock.advance(10.0)
+    probe = breaker.allow()
+    assert probe is not None and probe.probe
+    breaker.record_failure(stale)  # the first probe ends late ...
+    breaker.release(stale)
+    assert breaker.allow() is None  # ... and neither lets a second probe through
+    assert breaker.retry_in_s() == 0.0  # nor pushes the cool-down out
+    breaker.record_failure(probe)  # the current probe's verdict still counts
+    assert breaker.retry_in_s() == 10.0 and breaker.allow() is None
+
+
+def test_allows_asks_without_taking_the_probes_place(clock: Clock) -> None:
+    breaker = opened(clock)
+    assert not breaker.allows()
+    clock.advance(10.0)
+    assert breaker.allows() and breaker.allows()
+    probe = breaker.allow()
+    assert probe is not None and probe.probe  # asking did not use it up
+    assert not breaker.allows()
+    breaker.record_success(probe)
+    assert breaker.allows()

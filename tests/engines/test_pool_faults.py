@@ -5,19 +5,14 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing, asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from contextlib import aclosing
+from typing import TYPE_CHECKING
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from moa_local.config import EndpointConfig
 from moa_local.engines.breaker import CircuitBreaker
-from moa_local.engines.endpoint import Endpoint
-from moa_local.engines.pool import EndpointPool
 from moa_local.errors import (
-    BackendError,
     EndpointStatusError,
     EndpointTimeout,
     EndpointUnavailable,
@@ -26,53 +21,10 @@ from moa_local.errors import (
 from moa_local.metrics import Metrics
 from moa_local.mixture.spec import Sampling
 from moa_local.mixture.trace import AgentTrace
-from tests.support.calls import CallAnswer, complete
+from tests.support.calls import MESSAGES, CallAnswer, Clock, call, chats, opened, until, value
 
 if TYPE_CHECKING:
-    from tests.support.fake_fixtures import FakeEngineFactory, FakeServer
-
-MESSAGES: list[dict[str, Any]] = [{"role": "user", "content": "say something"}]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@asynccontextmanager
-async def opened(url: str, metrics: Metrics | None = None, **settings: Any) -> AsyncIterator[Endpoint]:
-    """One pooled endpoint named 'e' for the fake's model 'm'; quick defaults for tests."""
-    config = EndpointConfig.model_validate({"base_url": url, "model": "m", "timeout_s": 5, **settings})
-    async with EndpointPool({"e": config}, metrics or Metrics(CollectorRegistry())) as pool:
-        yield pool["e"]
-
-
-async def call(endpoint: Endpoint, sampling: Sampling | None = None) -> tuple[CallAnswer | BackendError, AgentTrace]:
-    sampling = sampling or Sampling()
-    trace = AgentTrace(endpoint.name, "proposer", samples=sampling.n)
-    try:
-        return await complete(endpoint, list(MESSAGES), sampling, trace), trace
-    except BackendError as exc:
-        return exc, trace
-
-
-def chats(server: FakeServer) -> int:
-    return len(server.chat_bodies())
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    for _ in range(int(timeout_s / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"not within {timeout_s}s")
-
-
-def value(metrics: Metrics, name: str, **labels: str) -> float:
-    return metrics.registry.get_sample_value(name, labels) or 0.0
+    from tests.support.fake_fixtures import FakeEngineFactory
 
 
 async def test_fault_free_call_streams_the_answer(fake_engine: FakeEngineFactory) -> None:

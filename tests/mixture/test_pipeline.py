@@ -14,7 +14,15 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from moa_local.config import MixtureConfig
-from moa_local.errors import BackendError, DeadlineError, EndpointStatusError, InvalidRequest, QuorumError
+from moa_local.errors import (
+    BackendError,
+    DeadlineError,
+    EndpointStatusError,
+    EndpointTimeout,
+    InvalidRequest,
+    PayloadTooLarge,
+    QuorumError,
+)
 from moa_local.metrics import Metrics
 from moa_local.mixture.events import Done, Event, LayerDone, Proposal, Token
 from moa_local.mixture.pipeline import Pipeline
@@ -29,11 +37,17 @@ TOKENS_PER_SAMPLE = 3
 
 @dataclass
 class Behaviour:
-    """How one fake endpoint answers: after `delay_s`, `replies[i]` for sample i, or a failure."""
+    """How one fake endpoint answers: after `delay_s`, `replies[i]` for sample i, or a failure.
+
+    `queued_s` is a wait for a slot before that (the call's `attempts` stays 0);
+    `times_out` fails the call with its own timeout after `delay_s`.
+    """
 
     delay_s: float = 0.0
     fail: str | None = None
     replies: list[str] | None = None
+    queued_s: float = 0.0
+    times_out: bool = False
 
 
 @dataclass
@@ -43,6 +57,7 @@ class Call:
     sampling: Sampling
     trace: AgentTrace
     cancelled: bool = False
+    outcome: str | None = None  # the status the call ended with, as the endpoint counts it in its `finally`
 
     @property
     def system(self) -> str | None:
@@ -76,9 +91,12 @@ class FakeCaller:
         behaviour = self.behaviours.get(endpoint, Behaviour())
         start = time.perf_counter()
         trace.finish_reasons = [None] * sampling.n
-        trace.attempts = 1
         try:
+            await asyncio.sleep(behaviour.queued_s)
+            trace.attempts = 1
             await asyncio.sleep(behaviour.delay_s)
+            if behaviour.times_out:
+                raise EndpointTimeout(endpoint, f"no complete answer within {behaviour.delay_s:g}s")
             if behaviour.fail is not None:
                 raise EndpointStatusError(endpoint, f"engine answered 500: {behaviour.fail}", upstream_status=500)
             trace.prompt_tokens = PROMPT_TOKENS
@@ -92,7 +110,7 @@ class FakeCaller:
                 trace.finish_reasons[i] = "stop"
             trace.status = "ok"
         except BackendError as exc:
-            trace.status = "error"
+            trace.status = "timeout" if isinstance(exc, EndpointTimeout) else "error"
             trace.error = exc.reason
             raise
         except (asyncio.CancelledError, GeneratorExit):
@@ -102,6 +120,7 @@ class FakeCaller:
             raise
         finally:
             trace.latency_s = time.perf_counter() - start
+            call.outcome = trace.status
 
 
 def mixture(*layers: Sequence[str | dict[str, Any]], aggregator: str = "agg", **options: Any) -> MixtureConfig:
@@ -342,6 +361,16 @@ async def test_request_timeout_caps_a_layer_without_deadline() -> None:
     assert caller.to("slow")[0].cancelled
 
 
+async def test_late_agents_name_the_request_deadline_when_it_comes_before_the_layers() -> None:
+    caller = FakeCaller({"slow": Behaviour(delay_s=5.0)})
+    config = mixture(["a", "slow"], min_ok=[2], deadline_s=[10]).model_copy(update={"timeout_s": 0.2})
+    with pytest.raises(DeadlineError) as caught:
+        await collect(caller, RunSpec.for_mixture("moa", config))
+    assert str(caught.value) == (
+        "moa: layer 1 got 1 of the 2 answers it needs — slow: late (cut off by the 0.2s request deadline)"
+    )
+
+
 async def test_request_timeout_caps_the_wait_for_the_aggregator() -> None:
     caller = FakeCaller({"agg": Behaviour(delay_s=5.0)})
     spec = RunSpec.for_mixture("moa", mixture(["a"]).model_copy(update={"timeout_s": 0.2}))
@@ -352,6 +381,43 @@ async def test_request_timeout_caps_the_wait_for_the_aggregator() -> None:
     assert str(caught.value) == "moa: no complete answer within 0.2s"
     agg = caller.to("agg")[0]
     assert agg.cancelled and (agg.trace.status, agg.trace.error) == ("timeout", "cut off by the 0.2s request deadline")
+
+
+async def test_an_aggregator_cut_off_by_the_request_cap_ends_as_a_timeout_in_its_call_too() -> None:
+    caller = FakeCaller({"agg": Behaviour(delay_s=5.0)})
+    spec = RunSpec.for_mixture("moa", mixture(["a"]).model_copy(update={"timeout_s": 0.2}))
+    with pytest.raises(DeadlineError):
+        await collect(caller, spec)
+    agg = caller.to("agg")[0]
+    assert agg.cancelled and agg.outcome == "timeout"  # marked before the cancellation reached the call
+
+
+async def test_a_passthrough_queued_past_the_backstop_is_ended_by_its_own_timeout() -> None:
+    """Cap 1.2 s from the start; the call waits 0.6 s for a slot, then its own 1 s timeout fires (at 1.6 s)."""
+    caller = FakeCaller({"a": Behaviour(queued_s=0.6, delay_s=1.0, times_out=True)})
+    spec = RunSpec.passthrough("a", Overrides(), timeout_s=1.0, backstop_s=0.2)
+    with pytest.raises(EndpointTimeout) as caught:
+        await collect(caller, spec)
+    assert caught.value.status == 502 and str(caught.value) == "a: no complete answer within 1s"
+    assert caller.to("a")[0].outcome == "timeout" and not caller.to("a")[0].cancelled
+
+
+async def test_a_passthrough_never_admitted_ends_at_its_cap() -> None:
+    caller = FakeCaller({"a": Behaviour(queued_s=5.0)})
+    spec = RunSpec.passthrough("a", Overrides(), timeout_s=0.2, backstop_s=0.1)
+    with pytest.raises(DeadlineError, match=r"^a: no complete answer within 0.3s$"):
+        await collect(caller, spec)
+    call = caller.to("a")[0]
+    assert call.cancelled and call.trace.attempts == 0 and call.outcome == "timeout"
+
+
+async def test_a_passthrough_whose_call_never_ends_still_ends_at_the_moved_cap() -> None:
+    caller = FakeCaller({"a": Behaviour(delay_s=5.0)})  # admitted at once; its own timeout never fires
+    spec = RunSpec.passthrough("a", Overrides(), timeout_s=0.2, backstop_s=0.1)
+    with pytest.raises(DeadlineError):
+        await collect(caller, spec)
+    call = caller.to("a")[0]
+    assert call.cancelled and call.outcome == "timeout"
 
 
 async def test_fail_fast_when_the_quorum_becomes_impossible() -> None:
@@ -374,6 +440,29 @@ async def test_a_prompt_that_cannot_fit_is_refused_and_nothing_else_runs_on() ->
     assert caught.value.status == 400
     assert "endpoint 'a' has a context window of 64 tokens" in str(caught.value)
     assert [c.endpoint for c in caller.calls] == ["b"] and caller.calls[0].cancelled
+
+
+async def test_a_prompt_the_aggregator_cannot_hold_is_refused_before_any_call(metrics: Metrics) -> None:
+    caller = FakeCaller(windows={"agg": 64})
+    conversation = [{"role": "user", "content": "x" * 600}]
+    with pytest.raises(PayloadTooLarge) as caught:
+        await collect(caller, mixture(["a", "b"]), conversation, metrics)
+    assert caught.value.status == 413 and caught.value.param == "messages"
+    assert str(caught.value) == (
+        "messages are about 358 tokens; endpoint 'agg' has a context window of 64 tokens, "
+        "and at least 16 of them are kept for the answer"
+    )  # the conversation (204) and one reference block: the fewest references the aggregator can get
+    assert caller.calls == []  # no proposer's work wasted
+    assert counter(metrics, "moa_requests_total", mixture="moa", outcome="rejected") == 1
+    assert counter(metrics, "moa_requests_total", mixture="moa", outcome="error") == 0
+
+
+async def test_a_passthrough_prompt_over_the_window_is_refused_before_the_call() -> None:
+    caller = FakeCaller(windows={"a": 64})
+    spec = RunSpec.passthrough("a", Overrides(), timeout_s=5)
+    with pytest.raises(PayloadTooLarge, match=r"^messages are about 204 tokens; endpoint 'a' has a context window"):
+        await collect(caller, spec, [{"role": "user", "content": "x" * 600}])
+    assert caller.calls == []
 
 
 async def test_references_trimmed_for_a_small_aggregator_window() -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from moa_local.errors import InvalidRequest
+from moa_local.errors import InvalidRequest, PayloadTooLarge
 from moa_local.mixture.references import (
     DEFAULT_REFERENCE_PROMPT,
+    MIN_ANSWER_TOKENS,
     TRIM_MARK,
     build_messages,
+    check_fits,
     estimate_messages,
     estimate_tokens,
     fit,
@@ -157,6 +159,21 @@ def test_conversation_that_cannot_fit_is_refused_with_400() -> None:
         f"messages are about {estimate_messages(conversation)} tokens; "
         "endpoint 'small' has a context window of 100 tokens"
     )
+
+
+@pytest.mark.parametrize("references", [0, 2])
+def test_check_fits_refuses_with_413_exactly_where_fit_would(references: int) -> None:
+    conversation = [{"role": "user", "content": "x" * 300}]
+    base = estimate_messages(build_messages(conversation, [""] * references, None, "Be brief."))
+    options = {"instruction": None, "system_prompt": "Be brief.", "endpoint": "agg"}
+    check_fits(conversation, references, context_window=base + MIN_ANSWER_TOKENS, **options)  # just fits
+    fit(conversation, [""] * references, max_tokens=None, context_window=base + MIN_ANSWER_TOKENS, **options)
+    with pytest.raises(PayloadTooLarge) as caught:
+        check_fits(conversation, references, context_window=base + MIN_ANSWER_TOKENS - 1, **options)
+    assert caught.value.status == 413 and f"about {base} tokens; endpoint 'agg'" in str(caught.value)
+    with pytest.raises(InvalidRequest):
+        fit(conversation, [""] * references, max_tokens=None, context_window=base + MIN_ANSWER_TOKENS - 1, **options)
+    check_fits(conversation, references, context_window=None, **options)  # no window: nothing to check
 
 
 def test_conversation_is_never_cut_to_make_room_for_references() -> None:

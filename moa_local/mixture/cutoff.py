@@ -1,0 +1,70 @@
+"""A deadline over one wait of the pipeline that says why before it cancels.
+
+`asyncio.timeout` cancels the waiting task first and lets the code after
+it know only then. An engine call cancelled that way has already recorded
+itself by then (the endpoint counts each call in its `finally`, which runs
+as the cancellation unwinds it), as `cancelled`. `Cutoff` calls `expire()`
+at the deadline before it cancels anything, so the call's trace can be
+marked first (`timeout`) and its record says so; `expire` may instead
+return a later deadline to wait until. Like `asyncio.timeout`, it raises
+TimeoutError out of the block when it cut the wait off, and lets any other
+cancellation through.
+
+Left out on purpose: nesting and rescheduling from inside the block
+(the pipeline needs neither).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+
+class Cutoff:
+    """`with Cutoff(when, expire): await ...`; `when` is a `time.perf_counter()` time."""
+
+    def __init__(self, when: float, expire: Callable[[], float | None]) -> None:
+        self.when = when
+        self._expire = expire
+        self._task: asyncio.Task[object] | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._cancelling = 0
+        self.expired = False
+
+    def __enter__(self) -> Cutoff:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("Cutoff must be used inside a task")
+        self._task = task
+        self._cancelling = task.cancelling()
+        self._arm()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        # Ours was the cancellation unless another is still pending (as asyncio.timeout decides);
+        # `uncancel` must run whenever we cancelled, whatever left the block.
+        expired = self.expired and self._task is not None and self._task.uncancel() <= self._cancelling
+        if expired and exc_type is asyncio.CancelledError:
+            raise TimeoutError from exc
+
+    def _arm(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._handle = loop.call_at(loop.time() + (self.when - time.perf_counter()), self._fire)
+
+    def _fire(self) -> None:
+        later = self._expire()
+        if later is not None:
+            self.when = later
+            self._arm()
+            return
+        self._handle = None
+        self.expired = True
+        assert self._task is not None
+        self._task.cancel()
