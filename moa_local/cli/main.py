@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from moa_local import __version__
+from moa_local.cli.batch import batch as batch_command
 from moa_local.config import Config, load_config
 from moa_local.errors import MoaError
 
@@ -320,3 +321,6 @@ def bench(
         raise click.exceptions.Exit(130) from None
     failed = sum(segment.summary.errors for segment in result.segments)
     click.echo(f"{len(result.segments)} segment(s), {failed} failed request(s); see {Path(out) / 'summary.md'}")
+
+
+main.add_command(batch_command)
