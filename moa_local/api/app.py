@@ -40,7 +40,7 @@ def create_app(config: Config, metrics: Metrics | None = None, *, probe: bool = 
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with EndpointPool(config.endpoints, gateway.metrics) as pool:
+        async with EndpointPool(config.endpoints, gateway.metrics, batch_share=config.gateway.batch_share) as pool:
             gateway.pool = pool
             gateway.pipeline = Pipeline(pool, gateway.metrics)
             gateway.prober = Prober(config, pool, gateway.metrics)
