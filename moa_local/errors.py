@@ -4,6 +4,7 @@
     ├── ConfigError              a config file is wrong (file, key path, value)
     ├── ServingError             an engine process could not be set up, started or stopped
     ├── BenchError               a benchmark cannot run (bad levels, dataset, output folder)
+    ├── BatchInputError          a batch input (or result) file cannot be used at all
     └── RequestFailed            a request could not be answered; carries an HTTP status
         ├── InvalidRequest       400  a field of the request is wrong
         ├── AuthError            401  missing or wrong API key
@@ -40,6 +41,10 @@ class ServingError(MoaError):
 
 class BenchError(MoaError):
     """A benchmark cannot run as asked (its levels, dataset or output folder)."""
+
+
+class BatchInputError(MoaError):
+    """A batch file is unusable as a whole (empty, not JSONL, unreadable); bad lines are not this."""
 
 
 class RequestFailed(MoaError):

@@ -8,7 +8,12 @@ latency edges, checked against a live engine by the tests). Beyond the
 contract: `moa_agent_retries_total`, `moa_circuit_open`,
 `moa_gateway_inflight`, `moa_queued` (calls waiting for one of an
 endpoint's `max_concurrency` slots; they count in `moa_inflight` too) and
-`moa_quorum_misses_total` (layers below `min_ok`). Requests naming no
+`moa_quorum_misses_total` (layers below `min_ok`). Batch jobs add
+`moa_batch_requests_total{outcome}` (lines answered, failed, or rejected
+as bad), `moa_batches{status}` (batches per OpenAI status) and
+`moa_batch_queued` (batch calls among `moa_queued`); they are exported
+only once `enable_batches` is called, by a process that runs batches, so
+a gateway without them exports nothing it does not use. Requests naming no
 configured model are counted under the model label "unknown". Building a
 `Metrics` registers nothing globally: tests and apps each make their own.
 """
@@ -41,6 +46,11 @@ REQUEST_OUTCOMES = ("ok", "error", "timeout", "cancelled", "rejected")
 AGENT_OUTCOMES = ("ok", "error", "timeout", "late", "cancelled", "skipped")
 AGENT_ROLES = ("proposer", "aggregator")
 TOKEN_KINDS = ("prompt", "completion")
+# A batch line: answered, failed (5xx), or rejected (a bad line, or a body the gateway refuses: 4xx).
+BATCH_REQUEST_OUTCOMES = ("ok", "error", "rejected")
+BATCH_STATUSES = (
+    "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled",
+)  # fmt: skip
 
 
 class Metrics:
@@ -101,6 +111,16 @@ class Metrics:
             "moa_quorum_misses", "Layers that ended with fewer answers than min_ok.", ["mixture", "layer"],
             registry=r,
         )  # fmt: skip
+        # Registered by enable_batches (below).
+        self.batch_requests = Counter(
+            "moa_batch_requests", "Batch lines finished, by outcome (ok, error, rejected).", ["outcome"], registry=None
+        )
+        self.batches = Gauge("moa_batches", "Batches, by status.", ["status"], registry=None)
+        self.batch_queued = Gauge(
+            "moa_batch_queued", "Batch calls waiting for a slot (also counted in moa_queued).", ["endpoint"],
+            registry=None,
+        )  # fmt: skip
+        self._batches_enabled = False
 
     def preset(self, config: Config) -> None:
         """Create the series of every configured name at zero.
@@ -131,8 +151,21 @@ class Metrics:
             self.agent_ttft.labels(endpoint)
             self.inflight.labels(endpoint)
             self.queued.labels(endpoint)
+            self.batch_queued.labels(endpoint)
             self.retries.labels(endpoint)
             self.circuit_open.labels(endpoint)
+
+    def enable_batches(self) -> None:
+        """Export the batch families, every outcome and status at zero (endpoints' series come from `preset`)."""
+        if self._batches_enabled:
+            return
+        self._batches_enabled = True
+        for family in (self.batch_requests, self.batches, self.batch_queued):
+            self.registry.register(family)
+        for outcome in BATCH_REQUEST_OUTCOMES:
+            self.batch_requests.labels(outcome)
+        for status in BATCH_STATUSES:
+            self.batches.labels(status)
 
     def observe_agent(
         self,

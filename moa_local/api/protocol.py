@@ -140,3 +140,8 @@ def parse_chat_request(body: bytes, max_bytes: int) -> ChatRequest:
     if unknown:
         raise InvalidRequest(f"unsupported field '{unknown[0]}'", param=unknown[0])
     return request
+
+
+def parse_chat_body(body: dict[str, Any], max_bytes: int) -> ChatRequest:
+    """A request already decoded from JSON (a batch line's `body`), checked exactly as `parse_chat_request` does."""
+    return parse_chat_request(json.dumps(body, ensure_ascii=False).encode(), max_bytes)

@@ -8,6 +8,7 @@ checks). Nothing after load reads raw dicts.
 
 from moa_local.config.loading import load_config, load_mixture, parse_config
 from moa_local.config.schema import (
+    DEFAULT_BATCH_SHARE,
     NAME_PATTERN,
     AgentConfig,
     AggregatorConfig,
@@ -24,6 +25,7 @@ from moa_local.config.schema import (
 )
 
 __all__ = [
+    "DEFAULT_BATCH_SHARE",
     "NAME_PATTERN",
     "AgentConfig",
     "AggregatorConfig",

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from moa_local.urls import default_port
 
+DEFAULT_BATCH_SHARE = 0.5  # gateway.batch_share
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 
@@ -152,6 +153,8 @@ class GatewayConfig(_Frozen):
     max_body_bytes: int = Field(1_048_576, ge=1024)
     probe_interval_s: float = Field(10.0, gt=0)
     log_content: bool = False  # log prompt and answer text (debug only)
+    # At most this share of each endpoint's max_concurrency is held by batch calls (at least one slot).
+    batch_share: float = Field(DEFAULT_BATCH_SHARE, gt=0, le=1)
 
 
 class ComposeConfig(_Frozen):

@@ -36,14 +36,14 @@ from typing import Any
 import httpx2
 import openai
 
-from moa_local.config import EndpointConfig
+from moa_local.config import DEFAULT_BATCH_SHARE, EndpointConfig
 from moa_local.engines.admission import Admission
 from moa_local.engines.breaker import CircuitBreaker
 from moa_local.engines.failures import counts_against, status_error, translate
 from moa_local.engines.upstream import CallTimeout, Upstream
 from moa_local.errors import BackendError, EndpointStatusError, EndpointTimeout, EndpointUnavailable, StreamBroken
 from moa_local.metrics import Metrics
-from moa_local.mixture.spec import Sampling
+from moa_local.mixture.spec import Priority, Sampling
 from moa_local.mixture.trace import AgentTrace
 
 BACKOFF_BASE_S = 0.2
@@ -53,13 +53,16 @@ PROBE_CONNECTIONS = 2  # the health probes' own small pool, apart from the call 
 
 
 class Endpoint:
-    def __init__(self, name: str, config: EndpointConfig, metrics: Metrics) -> None:
+    def __init__(
+        self, name: str, config: EndpointConfig, metrics: Metrics, *, batch_share: float = DEFAULT_BATCH_SHARE
+    ) -> None:
         self.name = name
         self.config = config
         self.metrics = metrics
         self.breaker = CircuitBreaker(config.circuit.failures, config.circuit.cooldown_s)
-        self.admission = Admission(config.max_concurrency)
+        self.admission = Admission(config.max_concurrency, batch_share)
         metrics.queued.labels(name).set_function(lambda: self.admission.queued)
+        metrics.batch_queued.labels(name).set_function(lambda: self.admission.queued_of("batch"))
         api_key = config.resolved_api_key() or "none"
         # Engine calls: the lean streaming client. Probes: the SDK, on a small pool of its own.
         self.upstream = Upstream(
@@ -78,12 +81,14 @@ class Endpoint:
         await self.client.close()
 
     async def stream(
-        self, messages: list[dict[str, Any]], sampling: Sampling, trace: AgentTrace, order: float = 0.0
-    ) -> AsyncGenerator[tuple[int, str], None]:
+        self, messages: list[dict[str, Any]], sampling: Sampling, trace: AgentTrace, order: float = 0.0,
+        priority: Priority = "interactive",
+    ) -> AsyncGenerator[tuple[int, str], None]:  # fmt: skip
         """Yield (choice index, text) as the engine produces it; fill `trace`.
 
         `order` places the call in the endpoint's queue when it is full: the
-        start of the request it serves (lower is older, admitted first).
+        start of the request it serves (lower is older, admitted first);
+        `priority` "batch" waits behind every interactive call.
         """
         start = time.perf_counter()
         trace.finish_reasons = [None] * sampling.n
@@ -97,7 +102,7 @@ class Endpoint:
             # No asyncio.timeout around a yield: it would cancel the consumer.
             # The call's deadline is one timer in the upstream client.
             attempts = self._attempts(messages, sampling, trace, start)
-            async with self.admission.slot(order), aclosing(attempts):
+            async with self.admission.slot(order, priority), aclosing(attempts):
                 async for item in attempts:
                     yield item
             trace.status = "ok"

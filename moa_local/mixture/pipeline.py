@@ -10,7 +10,8 @@ why. A pass-through to one endpoint is the same run with no layers.
 
 It knows nothing of HTTP. Engine calls go through a `Caller` (the endpoint
 pool in production, plain functions in tests), each carrying its request's
-start as its place in a full endpoint's queue (oldest request first).
+start as its place in a full endpoint's queue (oldest request first) and,
+for a batch run, its priority (batch calls wait behind interactive ones).
 Deadlines bound each wait (for a layer, for the aggregator's next token)
 rather than the generator as a whole: an `asyncio.timeout` must not span
 a `yield` of an async generator (it would cancel the consumer instead).
@@ -30,14 +31,15 @@ from moa_local.errors import BackendError, DeadlineError, MoaError, QuorumError
 from moa_local.metrics import Metrics
 from moa_local.mixture.events import Done, Event, LayerDone, Proposal, Token
 from moa_local.mixture.references import Message, fit
-from moa_local.mixture.spec import RunSpec, Sampling, sampling_of
+from moa_local.mixture.spec import Priority, RunSpec, Sampling, sampling_of
 from moa_local.mixture.trace import AgentTrace, LayerTrace, RequestTrace
 
 
 class Caller(Protocol):
     def stream(
-        self, endpoint: str, messages: list[Message], sampling: Sampling, trace: AgentTrace, order: float = 0.0
-    ) -> AsyncGenerator[tuple[int, str], None]: ...
+        self, endpoint: str, messages: list[Message], sampling: Sampling, trace: AgentTrace, order: float = 0.0,
+        priority: Priority = "interactive",
+    ) -> AsyncGenerator[tuple[int, str], None]: ...  # fmt: skip
 
     def context_window(self, endpoint: str) -> int | None: ...
 
@@ -76,7 +78,7 @@ class Pipeline:
             )  # fmt: skip
             aggregator.note = fitted.note
             sampling = replace(step.sampling, max_tokens=fitted.max_tokens)
-            call = self.caller.stream(step.endpoint, fitted.messages, sampling, aggregator, start)
+            call = self._call(spec, step.endpoint, fitted.messages, sampling, aggregator, start)
             async with aclosing(call) as tokens:
                 while True:
                     try:  # the request's cap bounds each wait for a token; the timeout spans no yield
@@ -112,6 +114,14 @@ class Pipeline:
             self.metrics.observe_request(
                 spec.model, outcome, trace.duration_s, trace.ttft_s, trace.overhead_s if outcome == "ok" else None
             )
+
+    def _call(
+        self, spec: RunSpec, endpoint: str, messages: list[Message], sampling: Sampling, trace: AgentTrace,
+        order: float,
+    ) -> AsyncGenerator[tuple[int, str], None]:  # fmt: skip
+        if spec.priority == "interactive":  # the default: a Caller written before priorities need not take one
+            return self.caller.stream(endpoint, messages, sampling, trace, order)
+        return self.caller.stream(endpoint, messages, sampling, trace, order, priority=spec.priority)
 
     async def _layer(
         self,
@@ -190,7 +200,7 @@ class Pipeline:
         parts: list[list[str]] = [[] for _ in range(agent.n)]
         sampling = replace(sampling, max_tokens=fitted.max_tokens)
         async with aclosing(
-            self.caller.stream(agent.endpoint, fitted.messages, sampling, agent_trace, request_start)
+            self._call(spec, agent.endpoint, fitted.messages, sampling, agent_trace, request_start)
         ) as stream:
             async for index, text in stream:
                 if index < agent.n:

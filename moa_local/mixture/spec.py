@@ -2,18 +2,21 @@
 
 A `RunSpec` is built once per request from the config and the request's
 overrides (`catalog.run_spec` does that for any model name); the pipeline
-then only reads it. `Sampling` is what one engine call asks for; the
+then only reads it. Its `priority` says whose calls wait at a full endpoint:
+a batch job's wait behind interactive requests'. `Sampling` is what one engine call asks for; the
 engines turn it into the request body.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 from moa_local.config import AgentConfig, LayerConfig, MixtureConfig, SamplingConfig
 
 PASSTHROUGH_BACKSTOP_S = 1.0
+# Interactive calls are admitted at an endpoint before waiting batch calls (engines/admission.py).
+Priority = Literal["interactive", "batch"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class RunSpec:
     aggregator: Step
     reference_prompt: str | None = None
     timeout_s: float = 600.0
+    priority: Priority = "interactive"
 
     @classmethod
     def for_mixture(cls, name: str, mixture: MixtureConfig, overrides: Overrides = Overrides()) -> RunSpec:
