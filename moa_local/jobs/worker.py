@@ -107,6 +107,8 @@ class BatchWorker:
         return self.store.set_status(batch.id, "in_progress", _now(), only_from=("validating",), total=total)
 
     async def _run_lines(self, batch: StoredBatch) -> StoredBatch:
+        if batch.expires_at <= time.time():  # the gateway was down past the batch's window
+            return await self._expire(batch)
         out, err = self.store.path(batch.output_draft), self.store.path(batch.error_draft)
         done_ok, done_failed = await asyncio.to_thread(_tally, out, err)
 
@@ -119,22 +121,27 @@ class BatchWorker:
         )  # fmt: skip
         job = asyncio.create_task(runner.run(read_input(self.store.path(batch.input_file_id)), total=batch.total))
         self._running = (batch.id, job)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (batch.expires_at - time.time())
+        deadline = asyncio.get_running_loop().time() + (batch.expires_at - time.time())
         try:
             async with asyncio.timeout_at(deadline):
                 await job
         except TimeoutError:
-            await asyncio.to_thread(_expire_rest, self.store.path(batch.input_file_id), out, err)
-            return await self._finish(batch, "expired")
+            return await self._expire(batch)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
+                report(runner.progress())
                 raise  # the worker itself is stopping (the gateway shuts down): resumed on the next start
         finally:
             self._running = None
-            report(runner.progress())
+        report(runner.progress())
         return self.store.set_status(batch.id, "finalizing", _now(), only_from=("in_progress",))
+
+    async def _expire(self, batch: StoredBatch) -> StoredBatch:
+        source = self.store.path(batch.input_file_id)
+        out, err = self.store.path(batch.output_draft), self.store.path(batch.error_draft)
+        await asyncio.to_thread(_expire_rest, source, out, err)
+        return await self._finish(batch, "expired")
 
     async def _finish(self, batch: StoredBatch, status: str) -> StoredBatch:
         out, err = self.store.path(batch.output_draft), self.store.path(batch.error_draft)
