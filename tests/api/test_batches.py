@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +25,9 @@ import httpx
 import openai
 import pytest
 
+from moa_local.api.protocol import parse_chat_body
+from moa_local.config import load_config
+from moa_local.jobs.format import BatchItem, check_input, read_input
 from tests.support.batch_inputs import jsonl, request, results, wait_batch, wait_until
 from tests.support.engine_fixtures import free_port
 from tests.support.fake_fixtures import FakeEngineFactory
@@ -279,3 +283,17 @@ def gateway_process(config_path: Path, port: int, log: Path) -> Iterator[subproc
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
+
+
+def test_the_readme_batch_example_is_a_valid_input_for_configs_cpu_yaml(tmp_path: Path) -> None:
+    block = re.search(r"```jsonl\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
+    assert block is not None, "the README shows a jsonl example"
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(block.group(1), encoding="utf-8")
+    assert check_input(path) == 3
+    items = list(read_input(path))
+    models = load_config(ROOT / "configs" / "cpu.yaml").model_names()
+    for item in items:
+        assert isinstance(item, BatchItem), item
+        assert item.body["model"] in models
+        parse_chat_body(item.body, 1 << 20)  # the gateway would take it

@@ -31,23 +31,29 @@ def jsonl(*lines: dict[str, Any] | str) -> bytes:
     return "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines).encode()
 
 
-def wait_until(check: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
+def wait_until(
+    check: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition", interval_s: float = 0.02
+) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not true within {timeout_s} s")
-        time.sleep(0.02)
+        time.sleep(interval_s)
 
 
-def wait_batch(client: openai.OpenAI, batch_id: str, until: tuple[str, ...] = ENDED, timeout_s: float = 30.0) -> Batch:
-    """The batch once its status is one of `until` (bounded polling)."""
+def wait_batch(
+    client: openai.OpenAI, batch_id: str, until: tuple[str, ...] = ENDED, timeout_s: float = 30.0,
+    interval_s: float = 0.02,
+) -> Batch:  # fmt: skip
+    """The batch once its status is one of `until` (bounded polling, every `interval_s`)."""
     seen: list[Batch] = []
 
     def ended() -> bool:
         seen.append(client.batches.retrieve(batch_id))
         return seen[-1].status in until
 
-    wait_until(ended, timeout_s, f"batch {batch_id} in {until} (last: {seen[-1].status if seen else None})")
+    wait_until(ended, timeout_s, f"batch {batch_id} in {until} (last: {seen[-1].status if seen else None})",
+               interval_s)  # fmt: skip
     return seen[-1]
 
 
