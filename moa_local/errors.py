@@ -8,6 +8,7 @@
     └── RequestFailed            a request could not be answered; carries an HTTP status
         ├── InvalidRequest       400  a field of the request is wrong
         ├── AuthError            401  missing or wrong API key
+        ├── NotFound             404  no such file or batch (for this API key)
         ├── ModelNotFound        404  unknown model name
         ├── PayloadTooLarge      413  body or prompt over a limit
         ├── Overloaded           429  over the gateway's in-flight limit
@@ -67,6 +68,12 @@ class AuthError(RequestFailed):
     status = 401
     kind = "authentication_error"
     code = "invalid_api_key"
+
+
+class NotFound(RequestFailed):
+    status = 404
+    kind = "invalid_request_error"
+    code = "not_found"
 
 
 class ModelNotFound(RequestFailed):

@@ -15,6 +15,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -23,11 +24,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from moa_local.api.auth import BearerAuth, api_keys
+from moa_local.api.batches import Batches
+from moa_local.api.completion import complete
 from moa_local.api.error_response import error_response, internal_error, route_error
+from moa_local.api.files import Files
 from moa_local.api.gateway import Gateway
 from moa_local.config import Config
 from moa_local.engines.pool import EndpointPool
 from moa_local.engines.prober import Prober
+from moa_local.jobs.service import BatchService
 from moa_local.metrics import Metrics
 from moa_local.mixture.pipeline import Pipeline
 
@@ -37,19 +42,32 @@ logger = logging.getLogger("moa_local.gateway")
 def create_app(config: Config, metrics: Metrics | None = None, *, probe: bool = True) -> Starlette:
     gateway = Gateway(config, metrics if metrics is not None else Metrics())
     gateway.metrics.preset(config)  # every configured series exists at zero from the start
+    gateway.metrics.enable_batches()  # the gateway runs batch jobs (/v1/batches)
+    keys = api_keys(config.gateway.api_keys_env)
+    # Enough batch lines in flight to fill every endpoint; admission keeps them behind interactive calls.
+    lines = sum(endpoint.max_concurrency for endpoint in config.endpoints.values())
+    batches = BatchService(config.gateway.data_path(), gateway.metrics, max_inflight=lines)
+    files_api = Files(batches, config.gateway, keyed=bool(keys))
+    batches_api = Batches(batches, config.gateway, keyed=bool(keys))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with EndpointPool(config.endpoints, gateway.metrics, batch_share=config.gateway.batch_share) as pool:
             gateway.pool = pool
-            gateway.pipeline = Pipeline(pool, gateway.metrics)
+            pipeline = gateway.pipeline = Pipeline(pool, gateway.metrics)
             gateway.prober = Prober(config, pool, gateway.metrics)
             task = asyncio.create_task(gateway.prober.run(config.gateway.probe_interval_s)) if probe else None
             if task is not None:
                 task.add_done_callback(_prober_stopped)
+
+            async def execute(body: dict[str, Any], request_id: str) -> tuple[int, dict[str, Any]]:
+                return await complete(config, pipeline, body, request_id, priority="batch")
+
             try:
+                await batches.start(execute)
                 yield
             finally:
+                await batches.stop()
                 if task is not None:
                     task.cancel()
                     with suppress(asyncio.CancelledError):
@@ -62,13 +80,22 @@ def create_app(config: Config, metrics: Metrics | None = None, *, probe: bool = 
         Route("/health", gateway.health, methods=["GET"]),
         Route("/ready", gateway.ready, methods=["GET"]),
         Route("/metrics", gateway.metrics_text, methods=["GET"]),
+        Route("/v1/files", files_api.create, methods=["POST"]),
+        Route("/v1/files", files_api.list, methods=["GET"]),
+        Route("/v1/files/{file_id}", files_api.retrieve, methods=["GET"]),
+        Route("/v1/files/{file_id}", files_api.delete, methods=["DELETE"]),
+        Route("/v1/files/{file_id}/content", files_api.content, methods=["GET"]),
+        Route("/v1/batches", batches_api.create, methods=["POST"]),
+        Route("/v1/batches", batches_api.list, methods=["GET"]),
+        Route("/v1/batches/{batch_id}", batches_api.retrieve, methods=["GET"]),
+        Route("/v1/batches/{batch_id}/cancel", batches_api.cancel, methods=["POST"]),
     ]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
-    app.add_middleware(BearerAuth, keys=api_keys(config.gateway.api_keys_env))
+    app.add_middleware(BearerAuth, keys=keys)
     app.state.gateway = gateway
     return app
 

@@ -9,11 +9,13 @@ endpoint exists, `min_ok` is reachable) are `loading.py`'s.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from moa_local.paths import cache_root
 from moa_local.urls import default_port
 
 DEFAULT_BATCH_SHARE = 0.5  # gateway.batch_share
@@ -155,6 +157,16 @@ class GatewayConfig(_Frozen):
     log_content: bool = False  # log prompt and answer text (debug only)
     # At most this share of each endpoint's max_concurrency is held by batch calls (at least one slot).
     batch_share: float = Field(DEFAULT_BATCH_SHARE, gt=0, le=1)
+    data_dir: str | None = None  # batch jobs' database and files; None = <cache>/gateway (MOA_LOCAL_CACHE)
+    max_upload_bytes: int = Field(200 * 1024 * 1024, ge=1024)  # one file uploaded to /v1/files
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand_data_dir(cls, value: str | None) -> str | None:
+        return os.path.expanduser(value) if value else None
+
+    def data_path(self) -> Path:
+        return Path(self.data_dir) if self.data_dir else cache_root() / "gateway"
 
 
 class ComposeConfig(_Frozen):

@@ -36,6 +36,7 @@ def exported_sample_names(text: str) -> set[str]:
 def gateway_names_offline() -> set[str]:
     metrics = Metrics()
     metrics.preset(small_config(["qwen"], {"moa": 1}))
+    metrics.enable_batches()  # as create_app does: the gateway runs batch jobs
     metrics.observe_layer("moa", 1, 1.0, 1)
     metrics.set_endpoint_up("qwen", True)
     metrics.set_circuit_open("qwen", False)
@@ -65,11 +66,11 @@ def test_metric_names_are_extracted_from_promql() -> None:
     assert metric_names("sum(rate(moa_requests_total[5m] offset 1h)) or vector(0)") == {"moa_requests_total"}
 
 
-def test_dashboard_has_the_three_rows_and_sane_layout() -> None:
+def test_dashboard_has_the_four_rows_and_sane_layout() -> None:
     board = load_dashboard()
     assert board["uid"] == "moa-local"
     rows = [p["title"] for p in board["panels"] if p["type"] == "row"]
-    assert rows == ["Mixtures", "Agents (per endpoint)", "Engines (vLLM)"]
+    assert rows == ["Mixtures", "Agents (per endpoint)", "Engines (vLLM)", "Batches"]
     ids = [p["id"] for p in board["panels"]]
     assert len(ids) == len(set(ids))
     for panel in board["panels"]:
@@ -97,6 +98,7 @@ def test_every_moa_family_is_on_the_dashboard() -> None:
     used = {name.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count") for name in used_names()}
     metrics = Metrics()
     metrics.preset(small_config(["e"], {"m": 1}))
+    metrics.enable_batches()
     metrics.set_endpoint_up("e", True)
     metrics.observe_layer("m", 1, 1.0, 1)
     families = {
