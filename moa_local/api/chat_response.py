@@ -8,7 +8,7 @@ the request runs, a watcher listens for the client going away; it cancels
 the run at once, which closes every upstream call of the request (closing
 an upstream stream makes vLLM abort it and free its KV cache). The error
 bytes themselves come from `error_response.py`; the log line and the
-in-flight count are the gateway's.
+in-flight count are the chat route's.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ class ChatResponse:
             await send(_body(error_event(exc) + b"data: [DONE]\n\n", more=False))
             return
         self.result.status = exc.status
-        await send_error(send, exc)
+        await send_error(send, exc, self.request_id)
 
     def _headers(self, content_type: bytes) -> list[tuple[bytes, bytes]]:
         headers = [(b"content-type", content_type), (b"x-request-id", self.request_id.encode())]

@@ -1,21 +1,27 @@
-"""A request body decoded within bounds: nesting and text.
+"""A request body, read and decoded within bounds: bytes, seconds, nesting, text.
 
-`decode_json` turns a body into JSON, refusing what would break
+`read_body` takes a body off ASGI `receive` within a byte limit (413) and a
+time limit (408), so a slow upload is bounded. `decode_json` turns it into JSON, refusing what would break
 something further down with a 400 naming the field by its dotted path:
 nesting deeper than `MAX_DEPTH` (json's recursion, and every walk after it),
 and text that is not valid Unicode: a lone UTF-16 surrogate (the escape
 `"\\ud800"`) or bytes that are not UTF-8 (among them the raw surrogate
 `ED A0 80`), which no engine request could encode. What the fields mean is
-left to `protocol.py`.
+left to `protocol.py`; when to read and what to answer, to the chat route.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
 
-from moa_local.errors import InvalidRequest
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive
+
+from moa_local.api.error_response import body_timeout
+from moa_local.errors import InvalidRequest, PayloadTooLarge
 
 MAX_DEPTH = 32  # a chat request needs 4 (messages.0.content.0); json itself gives up near 1000
 # Undecodable bytes become lone surrogates (U+DC80..U+DCFF), so one check finds both faults.
@@ -27,6 +33,29 @@ _NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
 _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{},:]', re.DOTALL)
 
 Path = tuple[str | int, ...]
+
+
+async def read_body(receive: Receive, declared: str, limit: int, timeout_s: float) -> bytes:
+    """The whole body, at most `limit` bytes, arriving within `timeout_s`; `declared` is its content-length."""
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientDisconnect()
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body is over the {limit}-byte limit")
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+    except TimeoutError:
+        raise body_timeout(timeout_s) from None
 
 
 def decode_json(body: bytes) -> Any:

@@ -46,11 +46,11 @@ def test_a_lone_surrogate_in_any_text_field_is_400_naming_it(
     stack: Stack, caplog: pytest.LogCaptureFixture, body: dict[str, Any], param: str
 ) -> None:
     caplog.set_level(logging.INFO)
-    response = post(stack.gw, body)
+    response = post(stack.gw, body, headers={"x-request-id": "surrogate-1"})
     assert response.status_code == 400, response.text
     error = error_of(response)
     assert (error["type"], error["param"]) == ("invalid_request_error", param)
-    assert "not valid Unicode" in error["message"]
+    assert "not valid Unicode" in error["message"] and response.headers["x-request-id"] == "surrogate-1"
     assert all(f.chat_bodies() == [] for f in stack.fakes)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
