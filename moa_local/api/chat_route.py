@@ -76,7 +76,7 @@ class ChatRoute:
             await self._reject(send, rid, exc, self._model_label(body), start, unread=not body)
             return
         assert gateway.pipeline is not None, "the app's lifespan has not run"
-        response = ChatResponse(gateway.pipeline.run(spec, chat.conversation()), chat, rid)
+        response = ChatResponse(gateway.pipeline.run(spec, chat.conversation()), chat, rid, spec.timeout_s)
         try:
             await response(scope, receive, send)
         finally:
