@@ -2,11 +2,12 @@
 
 `create_app(config)` builds the ASGI app; nothing happens at import. The
 endpoint pool, the pipeline and the health prober are opened in the app's
-lifespan and closed there. Routes: `POST /v1/chat/completions`,
-`GET /v1/models`, `GET /health`, `GET /ready`, `GET /metrics`, handled by
-the `Gateway` (`gateway.py`), behind the bearer-key check (`auth.py`).
-Errors leave only through `api/error_response.py`, in the OpenAI envelope:
-this module maps starlette's HTTPExceptions and any uncaught exception there.
+lifespan and closed there. Routes: `POST /v1/chat/completions`
+(`chat_route.py`), `GET /v1/models`, `GET /health`, `GET /ready` and
+`GET /metrics` (the `Gateway`, `gateway.py`), behind the bearer-key check
+(`auth.py`). Errors leave only through `api/error_response.py`, in the
+OpenAI envelope, with the request's id: this module maps starlette's
+HTTPExceptions and any uncaught exception there.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from starlette.routing import Route
 
 from moa_local.api.auth import BearerAuth, api_keys
 from moa_local.api.batches import Batches
+from moa_local.api.chat_route import ChatRoute
 from moa_local.api.completion import complete
 from moa_local.api.error_response import error_response, internal_error, route_error
 from moa_local.api.files import Files
 from moa_local.api.gateway import Gateway
+from moa_local.api.request_id import request_id
 from moa_local.config import Config
 from moa_local.engines.pool import EndpointPool
 from moa_local.engines.prober import Prober
@@ -74,7 +77,7 @@ def create_app(config: Config, metrics: Metrics | None = None, *, probe: bool = 
                         await task
 
     routes = [
-        Route("/v1/chat/completions", gateway.chat, methods=["POST"]),
+        Route("/v1/chat/completions", ChatRoute(gateway), methods=["POST"]),
         Route("/v1/models", gateway.models, methods=["GET"]),
         Route("/v1/models/{model:path}", gateway.model, methods=["GET"]),
         Route("/health", gateway.health, methods=["GET"]),
@@ -102,12 +105,13 @@ def create_app(config: Config, metrics: Metrics | None = None, *, probe: bool = 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return error_response(route_error(exc, request.method, request.url.path))
+    return error_response(route_error(exc, request.method, request.url.path), request_id(request.scope))
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
-    logger.exception("internal error on %s %s", request.method, request.url.path)
-    return error_response(internal_error())
+    rid = request_id(request.scope)
+    logger.exception("internal error on %s %s (request %s)", request.method, request.url.path, rid)
+    return error_response(internal_error(), rid)
 
 
 def _prober_stopped(task: asyncio.Task[None]) -> None:

@@ -14,6 +14,7 @@ import os
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from moa_local.api.error_response import send_error
+from moa_local.api.request_id import request_id
 from moa_local.errors import AuthError
 
 OPEN_PATHS = ("/health",)
@@ -43,4 +44,4 @@ class BearerAuth:
             await self.app(scope, receive, send)
             return
         message = "missing API key: send 'Authorization: Bearer <key>'" if not header else "invalid API key"
-        await send_error(send, AuthError(message))
+        await send_error(send, AuthError(message), request_id(scope))

@@ -8,7 +8,17 @@ the request runs, a watcher listens for the client going away; it cancels
 the run at once, which closes every upstream call of the request (closing
 an upstream stream makes vLLM abort it and free its KV cache). The error
 bytes themselves come from `error_response.py`; the log line and the
-in-flight count are the gateway's.
+in-flight count are the chat route's.
+
+A client that stops reading without going away would block a send for as
+long as it likes (its TCP buffers full). One watchdog per response, the
+wait on the producer and the watcher, bounds the whole answer by the
+request's cap plus `SEND_GRACE_S` (the pipeline's own deadline fires at the
+cap and its error event needs a moment to go out): past it the producer is
+cancelled wherever it is, the pipeline is told the deadline passed (so
+every upstream call is closed and the request counts as `timeout`), and
+the slot is free. A send that fails means the client left: the outcome is
+`cancelled` and nothing more is sent.
 """
 
 from __future__ import annotations
@@ -23,15 +33,21 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from moa_local.api.error_response import error_event, internal_error, send_error
 from moa_local.api.protocol import ChatRequest
-from moa_local.errors import RequestFailed
+from moa_local.errors import DeadlineError, RequestFailed
 from moa_local.mixture.events import Done, Event, LayerDone, Token
 from moa_local.mixture.trace import RequestTrace
 
 logger = logging.getLogger("moa_local.gateway")
+
+SEND_GRACE_S = 1.0  # past the request's cap, for the pipeline's own 504 or error event to go out
+
+
+class _ClientGone(Exception):
+    """The server could not deliver a message: the client has left."""
 
 
 @dataclass
@@ -46,71 +62,114 @@ class Outcome:
 
 
 class ChatResponse:
-    def __init__(self, events: AsyncGenerator[Event, None], request: ChatRequest, request_id: str) -> None:
+    def __init__(
+        self, events: AsyncGenerator[Event, None], request: ChatRequest, request_id: str, cap_s: float
+    ) -> None:
         self.events = events
         self.request = request
         self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         self.request_id = request_id
+        self.cap_s = cap_s  # the request's deadline (the mixture's timeout_s; a pass-through's backstop)
         self.created = int(time.time())
         self.result = Outcome()
         self.proposals_used: list[int] = []
+        self._send: Send | None = None
+        self._started = False  # the 200 and the first event went out
+        self._settled = False  # the answer arrived or the request failed: the outcome is decided
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        producer = asyncio.create_task(self._produce(send))
+        self._send = send
+        producer = asyncio.create_task(self._produce())
         watcher = asyncio.create_task(_disconnected(receive))
+        overdue = False
         try:
-            await asyncio.wait({producer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({producer, watcher}, timeout=self.cap_s + SEND_GRACE_S,
+                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            overdue = not producer.done() and not watcher.done()
         finally:
-            if not producer.done():  # the client went away (or we are shutting down)
+            if not producer.done():  # the client went away, stopped reading, or we are shutting down
                 producer.cancel()
-                self.result.outcome = "cancelled"
                 with suppress(asyncio.CancelledError):
                     await producer
+                self._stopped(overdue)
+            elif not producer.cancelled() and producer.exception() is not None:  # a bug of ours
+                self.result.outcome = "error"
+                logger.error("request %s failed with an internal error", self.request_id,
+                             exc_info=producer.exception())  # fmt: skip
             watcher.cancel()
             with suppress(asyncio.CancelledError):
                 await watcher
+            if overdue:  # closes every upstream call; the pipeline counts the request as a timeout
+                with suppress(DeadlineError):
+                    await self.events.athrow(DeadlineError(self.result.error or "deadline"))
             await self.events.aclose()
 
-    async def _produce(self, send: Send) -> None:
-        started = False
-        try:
-            async for event in self.events:
-                if isinstance(event, Token):
-                    if not self.request.stream:
-                        continue
-                    if not started:
-                        await self._start_stream(send)
-                        started = True
-                    await send(_body(self._chunk_line(event.text)))
-                elif isinstance(event, LayerDone):
-                    self.proposals_used.append(event.layer.proposals_used)
-                elif isinstance(event, Done):
-                    self.result.trace = event.trace
-                    self.result.answer = event.answer
-                    self.result.outcome = "ok"
-                    if not self.request.stream:
-                        await self._send_completion(send, event)
-                        return
-                    if not started:
-                        await self._start_stream(send)
-                        started = True
-                    await self._finish_stream(send, event)
-                    return
-        except RequestFailed as exc:
-            await self._fail(send, exc, started)
-        except Exception:
-            logger.exception("request %s failed with an internal error", self.request_id)
-            await self._fail(send, internal_error(), started)
+    def _stopped(self, overdue: bool) -> None:
+        """Record why the producer was stopped before it was done, as the pipeline will count it."""
+        if overdue and (not self._settled or self.result.outcome == "ok"):  # the pipeline is told below
+            self.result.outcome = "timeout"
+            self.result.error = f"the client did not take the answer within the {self.cap_s:g}s cap"
+            self.result.status = self.result.status or 504
+        elif not self._settled:
+            self.result.outcome = "cancelled"
 
-    async def _fail(self, send: Send, exc: RequestFailed, started: bool) -> None:
+    async def _produce(self) -> None:
+        try:
+            try:
+                await self._relay()
+            except RequestFailed as exc:
+                await self._fail(exc)
+            except _ClientGone:
+                raise
+            except Exception:
+                logger.exception("request %s failed with an internal error", self.request_id)
+                await self._fail(internal_error())
+        except _ClientGone:  # nothing more can reach the client
+            if not self._settled:
+                self.result.outcome = "cancelled"
+
+    async def _relay(self) -> None:
+        """Turn the pipeline's events into the response."""
+        async for event in self.events:
+            if isinstance(event, Token):
+                if not self.request.stream:
+                    continue
+                if not self._started:
+                    await self._start_stream()
+                await self._deliver(_body(self._chunk_line(event.text)))
+            elif isinstance(event, LayerDone):
+                self.proposals_used.append(event.layer.proposals_used)
+            elif isinstance(event, Done):
+                self.result.trace = event.trace
+                self.result.answer = event.answer
+                self.result.outcome = "ok"  # as the pipeline counts it: the answer is complete
+                self._settled = True
+                if not self.request.stream:
+                    await self._send_completion(event)
+                    return
+                if not self._started:
+                    await self._start_stream()
+                await self._finish_stream(event)
+                return
+
+    async def _deliver(self, message: Message) -> None:
+        """Send one ASGI message; a failure means the client is gone."""
+        assert self._send is not None
+        try:
+            await self._send(message)
+        except Exception as exc:  # whatever the server raises for a connection it cannot write to
+            raise _ClientGone() from exc
+
+    async def _fail(self, exc: RequestFailed) -> None:
+        self._settled = True
         self.result.error = exc.message
         self.result.outcome = "timeout" if exc.status == 504 else "error"
-        if started:  # too late for a status code: an error event, as vLLM and OpenAI do
+        if self._started:  # too late for a status code: an error event, as vLLM and OpenAI do
             self.result.status = 200
-            await send(_body(error_event(exc) + b"data: [DONE]\n\n", more=False))
+            await self._deliver(_body(error_event(exc) + b"data: [DONE]\n\n", more=False))
             return
         self.result.status = exc.status
-        await send_error(send, exc)
+        await send_error(self._deliver, exc, self.request_id)
 
     def _headers(self, content_type: bytes) -> list[tuple[bytes, bytes]]:
         headers = [(b"content-type", content_type), (b"x-request-id", self.request_id.encode())]
@@ -118,13 +177,14 @@ class ChatResponse:
             headers.append((b"x-moa-proposals", ",".join(map(str, self.proposals_used)).encode()))
         return headers
 
-    async def _start_stream(self, send: Send) -> None:
+    async def _start_stream(self) -> None:
         self.result.status = 200
+        self._started = True
         headers = self._headers(b"text/event-stream; charset=utf-8")
         headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await self._deliver({"type": "http.response.start", "status": 200, "headers": headers})
         first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
-        await send(_body(self._event([first])))
+        await self._deliver(_body(self._event([first])))
 
     def _chunk_line(self, text: str) -> bytes:
         return (
@@ -140,17 +200,17 @@ class ChatResponse:
         }  # fmt: skip
         return f"data: {json.dumps(chunk)}\n\n".encode()
 
-    async def _finish_stream(self, send: Send, done: Done) -> None:
+    async def _finish_stream(self, done: Done) -> None:
         moa = {"moa": done.trace.as_dict()} if self.request.wants_trace else {}
         last = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": done.finish_reason or "stop"}
         if self.request.include_usage:
-            await send(_body(self._event([last])))
-            await send(_body(self._event([], usage=done.trace.usage().as_openai(), **moa)))
+            await self._deliver(_body(self._event([last])))
+            await self._deliver(_body(self._event([], usage=done.trace.usage().as_openai(), **moa)))
         else:
-            await send(_body(self._event([last], **moa)))
-        await send(_body(b"data: [DONE]\n\n", more=False))
+            await self._deliver(_body(self._event([last], **moa)))
+        await self._deliver(_body(b"data: [DONE]\n\n", more=False))
 
-    async def _send_completion(self, send: Send, done: Done) -> None:
+    async def _send_completion(self, done: Done) -> None:
         payload: dict[str, Any] = {
             "id": self.id,
             "object": "chat.completion",
@@ -172,8 +232,9 @@ class ChatResponse:
         headers = self._headers(b"application/json")
         headers.append((b"content-length", str(len(body)).encode()))
         self.result.status = 200
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send(_body(body, more=False))
+        self._started = True
+        await self._deliver({"type": "http.response.start", "status": 200, "headers": headers})
+        await self._deliver(_body(body, more=False))
 
 
 def _body(data: bytes, more: bool = True) -> dict[str, Any]:

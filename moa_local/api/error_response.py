@@ -5,8 +5,10 @@ as a starlette `Response` (routes and exception handlers), sent straight over
 ASGI (the auth middleware, a chat response before its first token), or as an
 SSE error event (a stream already under way, too late for a status).
 Starlette's own HTTPExceptions (no such route, wrong method) become a
-`RequestFailed` first, so they share the envelope. Which error a request
-gets is left to whoever raises it; logging is left to the callers.
+`RequestFailed` first, so they share the envelope. Every error response
+carries the request's id (`x-request-id`) when the caller passes it, so a
+failed request can be matched to its log line. Which error a request gets
+is left to whoever raises it; logging is left to the callers.
 """
 
 from __future__ import annotations
@@ -25,14 +27,21 @@ def envelope(exc: RequestFailed) -> dict[str, Any]:
     return {"error": {"message": exc.message, "type": exc.kind, "param": exc.param, "code": exc.code}}
 
 
-def error_response(exc: RequestFailed) -> Response:
-    status, headers, body = _parts(exc)
+def error_response(exc: RequestFailed, request_id: str | None = None) -> Response:
+    status, headers, body = _parts(exc, request_id)
     return Response(body, status, headers={name.decode(): value.decode() for name, value in headers})
 
 
-async def send_error(send: Send, exc: RequestFailed) -> None:
-    """Answer with `exc` on a raw ASGI `send` whose response has not started."""
-    status, headers, body = _parts(exc)
+async def send_error(send: Send, exc: RequestFailed, request_id: str | None = None, *, close: bool = False) -> None:
+    """Answer with `exc` on a raw ASGI `send` whose response has not started.
+
+    `close` asks the server to close the connection after it: for a request
+    whose body was left unread (too large, too slow), so it is not parsed
+    as the next request.
+    """
+    status, headers, body = _parts(exc, request_id)
+    if close:
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
@@ -50,15 +59,24 @@ def route_error(exc: HTTPException, method: str, path: str) -> RequestFailed:
     return error
 
 
+def body_timeout(timeout_s: float) -> RequestFailed:
+    """408: the request body did not arrive within `timeout_s` of the request's start."""
+    error = RequestFailed(f"the request body did not arrive within {timeout_s:g}s")
+    error.status, error.kind, error.code = 408, "invalid_request_error", "request_timeout"
+    return error
+
+
 def internal_error() -> RequestFailed:
     """What a caller sees of a bug: no traceback, a pointer to the server log."""
     return RequestFailed("internal error in moa-local; see the gateway log")
 
 
-def _parts(exc: RequestFailed) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+def _parts(exc: RequestFailed, request_id: str | None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Status, headers and body of the JSON error response for `exc`."""
     body = json.dumps(envelope(exc)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if request_id is not None:
+        headers.append((b"x-request-id", request_id.encode()))
     if isinstance(exc, Overloaded):
         headers.append((b"retry-after", str(exc.retry_after_s).encode()))
     if exc.status == 401:

@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
 from moa_local.api.error_response import error_response
+from moa_local.api.request_id import request_id
 from moa_local.api.upload import receive_upload
 from moa_local.config import GatewayConfig
 from moa_local.errors import BatchInputError, InvalidRequest, NotFound, RequestFailed
@@ -43,9 +44,9 @@ def answers(handler: Handler) -> Handler:
         try:
             return await handler(self, request)
         except RequestFailed as exc:
-            return error_response(exc)
+            return error_response(exc, request_id(request.scope))
         except StoreError as exc:
-            return error_response(RequestFailed(f"batch storage unavailable: {exc}"))
+            return error_response(RequestFailed(f"batch storage unavailable: {exc}"), request_id(request.scope))
 
     return run
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from moa_local.api.request_body import decode_json
 from moa_local.errors import InvalidRequest, PayloadTooLarge
 from moa_local.mixture.spec import Overrides
 
@@ -115,10 +116,7 @@ class ChatRequest(BaseModel):
 def parse_chat_request(body: bytes, max_bytes: int) -> ChatRequest:
     if len(body) > max_bytes:
         raise PayloadTooLarge(f"request body is {len(body)} bytes; the limit is {max_bytes}")
-    try:
-        raw = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    raw = decode_json(body)
     if not isinstance(raw, dict):
         raise InvalidRequest("request body must be a JSON object")
     for key, value in raw.items():

@@ -284,6 +284,7 @@ def test_health_ready_and_metrics(stack: Stack) -> None:
     ready = gw.http.get("/ready").json()
     assert ready["ready"] is True and ready["mixtures"] == {"mix": True, "deep": True}
     gw.client().chat.completions.create(model="mix", messages=HELLO)
+    gw.wait_idle()  # counted just after the answer went out
     metrics = gw.http.get("/metrics")
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
     assert re.search(r'moa_requests_total\{mixture="mix",outcome="ok"\} [1-9]', metrics.text)
@@ -484,6 +485,7 @@ def test_log_line_has_no_prompt_or_answer_text(stack: Stack, caplog: pytest.LogC
     secret = [{"role": "user", "content": "zebra-secret"}]
     stack.gw.client().chat.completions.create(model="mix", messages=secret)  # type: ignore[arg-type]
     list(stack.gw.client().chat.completions.create(model="p1", messages=secret, stream=True))  # type: ignore[arg-type]
+    stack.gw.wait_idle()  # an answered request logs just after its answer; a refused one, before
     post(stack.gw, {"model": "mix", "messages": "zebra-secret"})
     post(stack.gw, {"model": "mix", "messages": [{"role": "user", "content": "zebra-secret"}], "stop": [1]})
     stack.gw.wait_for(lambda: len(request_lines(caplog)) >= 4, what="four log lines")

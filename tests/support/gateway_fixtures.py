@@ -128,6 +128,14 @@ class GatewayServer:
                 raise AssertionError(f"{what}: not true within {timeout_s} s")
             time.sleep(0.01)
 
+    def wait_idle(self, timeout_s: float = 5.0) -> None:
+        """Wait until no request is in flight: every one answered, logged and counted in the metrics.
+
+        A request is counted just after its last byte went out, so a client can see its answer
+        before the count moves; read counters only once the gateway is idle.
+        """
+        self.wait_for(lambda: self.gateway.inflight == 0, timeout_s, "gateway idle")
+
     def on_loop(self, make: Callable[[], Awaitable[T]], timeout_s: float = 5.0) -> T:
         """Run a coroutine on the server's own event loop and return its result."""
         assert self._probe.loop is not None
@@ -231,7 +239,9 @@ def shared_stack() -> Iterator[Stack]:
 
 @pytest.fixture
 def stack(shared_stack: Stack) -> Stack:
-    """The module's stack with fresh fakes (behavior and records reset)."""
+    """The module's stack with fresh fakes (behavior and records reset), and no request of a previous test
+    still being counted."""
+    shared_stack.gw.wait_idle()
     shared_stack.reset()
     return shared_stack
 
