@@ -10,6 +10,7 @@
         ├── AuthError            401  missing or wrong API key
         ├── NotFound             404  no such file or batch (for this API key)
         ├── ModelNotFound        404  unknown model name
+        ├── RequestTimeout       408  the request body did not arrive in time
         ├── PayloadTooLarge      413  body or prompt over a limit
         ├── Overloaded           429  over the gateway's in-flight limit
         ├── BackendError         502  an engine call failed
@@ -80,6 +81,12 @@ class ModelNotFound(RequestFailed):
     status = 404
     kind = "invalid_request_error"
     code = "model_not_found"
+
+
+class RequestTimeout(RequestFailed):
+    status = 408
+    kind = "invalid_request_error"
+    code = "request_timeout"
 
 
 class PayloadTooLarge(RequestFailed):

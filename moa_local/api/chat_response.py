@@ -36,7 +36,7 @@ from typing import Any
 from starlette.types import Message, Receive, Scope, Send
 
 from moa_local.api.error_response import error_event, internal_error, send_error
-from moa_local.api.protocol import ChatRequest
+from moa_local.api.protocol import ChatRequest, completion_object
 from moa_local.errors import DeadlineError, RequestFailed
 from moa_local.mixture.events import Done, Event, LayerDone, Token
 from moa_local.mixture.trace import RequestTrace
@@ -211,23 +211,7 @@ class ChatResponse:
         await self._deliver(_body(b"data: [DONE]\n\n", more=False))
 
     async def _send_completion(self, done: Done) -> None:
-        payload: dict[str, Any] = {
-            "id": self.id,
-            "object": "chat.completion",
-            "created": self.created,
-            "model": self.request.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": done.answer},
-                    "logprobs": None,
-                    "finish_reason": done.finish_reason or "stop",
-                }
-            ],
-            "usage": done.trace.usage().as_openai(),
-        }
-        if self.request.wants_trace:
-            payload["moa"] = done.trace.as_dict()
+        payload = completion_object(self.id, self.request, done, self.created)
         body = json.dumps(payload).encode()
         headers = self._headers(b"application/json")
         headers.append((b"content-length", str(len(body)).encode()))

@@ -26,7 +26,7 @@ from dataclasses import replace
 from typing import Any
 
 from moa_local.api.error_response import envelope, internal_error
-from moa_local.api.protocol import ChatRequest, parse_chat_body
+from moa_local.api.protocol import completion_object, parse_chat_body
 from moa_local.config import Config
 from moa_local.errors import RequestFailed
 from moa_local.mixture.catalog import model_label, run_spec
@@ -68,7 +68,7 @@ async def complete(
                 if isinstance(event, Done):
                     if on_trace is not None and not chat.wants_trace:
                         on_trace(event.trace)
-                    return 200, completion_payload(chat, event, created)
+                    return 200, completion_object(f"chatcmpl-{uuid.uuid4().hex[:24]}", chat, event, created)
     except RequestFailed as exc:
         return exc.status, envelope(exc)
     except Exception:  # a bug: the line fails as the gateway's request would, the job goes on
@@ -76,25 +76,3 @@ async def complete(
         error = internal_error()
         return error.status, envelope(error)
     raise AssertionError("the pipeline ended without an answer")
-
-
-def completion_payload(chat: ChatRequest, done: Done, created: int) -> dict[str, Any]:
-    """The `chat.completion` object of an answered request (the gateway's non-streamed body)."""
-    payload: dict[str, Any] = {
-        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-        "object": "chat.completion",
-        "created": created,
-        "model": chat.model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": done.answer},
-                "logprobs": None,
-                "finish_reason": done.finish_reason or "stop",
-            }
-        ],
-        "usage": done.trace.usage().as_openai(),
-    }
-    if chat.wants_trace:
-        payload["moa"] = done.trace.as_dict()
-    return payload

@@ -26,9 +26,6 @@ from moa_local.metrics import Metrics
 from moa_local.mixture.catalog import model_kind, not_found_message
 from moa_local.mixture.pipeline import Pipeline
 
-# How long a request body may take to arrive, from the request's first byte (408 after).
-BODY_TIMEOUT_S = 30.0
-
 
 class Gateway:
     """Everything one app instance owns; built per app, never global."""
@@ -37,7 +34,7 @@ class Gateway:
         self.config = config
         self.metrics = metrics
         self.inflight = 0
-        self.body_timeout_s = BODY_TIMEOUT_S
+        self.body_timeout_s = config.gateway.body_timeout_s
         self.pool: EndpointPool | None = None
         self.pipeline: Pipeline | None = None
         self.prober: Prober | None = None

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from moa_local.api.request_body import decode_json
 from moa_local.errors import InvalidRequest, PayloadTooLarge
+from moa_local.mixture.events import Done
 from moa_local.mixture.spec import Overrides
 
 ROLES = ("system", "developer", "user", "assistant")
@@ -143,3 +144,25 @@ def parse_chat_request(body: bytes, max_bytes: int) -> ChatRequest:
 def parse_chat_body(body: dict[str, Any], max_bytes: int) -> ChatRequest:
     """A request already decoded from JSON (a batch line's `body`), checked exactly as `parse_chat_request` does."""
     return parse_chat_request(json.dumps(body, ensure_ascii=False).encode(), max_bytes)
+
+
+def completion_object(completion_id: str, chat: ChatRequest, done: Done, created: int) -> dict[str, Any]:
+    """The `chat.completion` object of an answered request: the gateway's non-streamed body, a batch line's body."""
+    payload: dict[str, Any] = {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": chat.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": done.answer},
+                "logprobs": None,
+                "finish_reason": done.finish_reason or "stop",
+            }
+        ],
+        "usage": done.trace.usage().as_openai(),
+    }
+    if chat.wants_trace:
+        payload["moa"] = done.trace.as_dict()
+    return payload

@@ -153,6 +153,7 @@ class GatewayConfig(_Frozen):
     api_keys_env: str | None = "MOA_API_KEYS"  # comma-separated keys; unset variable = no auth
     max_inflight: int = Field(256, ge=1)
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    body_timeout_s: float = Field(30.0, gt=0)  # a request body must arrive within this, from its first byte (408)
     probe_interval_s: float = Field(10.0, gt=0)
     log_content: bool = False  # log prompt and answer text (debug only)
     # At most this share of each endpoint's max_concurrency is held by batch calls (at least one slot).

@@ -159,7 +159,7 @@ class Endpoint:
                 **sampling.body(),
             },
             ensure_ascii=False,
-        ).encode()
+        ).encode(errors="replace")  # a lone surrogate from an engine's answer, passed on as a reference, becomes '?'
         for attempt in range(self.config.max_retries + 1):
             trace.attempts = attempt + 1
             started = False

@@ -87,6 +87,14 @@ def test_fault_quorum_holds_when_enough_proposers_answer(stack: Stack) -> None:
     assert "p1-model" not in stack.agg.chat_bodies()[0]["messages"][0]["content"]
 
 
+def test_fault_a_lone_surrogate_in_a_proposal_reaches_the_aggregator_as_a_replacement(stack: Stack) -> None:
+    """An engine may answer with a lone UTF-16 surrogate escape; passed on as a reference it must not break the call."""
+    stack.p1.set(reply="broken \ud800 text")
+    reply = stack.gw.client().chat.completions.create(model="mix", messages=HELLO)
+    assert reply.choices[0].message.content == answer("agg-model", "hello")
+    assert "broken ? text" in stack.agg.chat_bodies()[0]["messages"][0]["content"]
+
+
 def test_fault_layer_deadline_is_504_and_cancels_the_late_calls(own_stack: StackFactory) -> None:
     s = own_stack(deadline_s=0.3)
     s.p1.set(hang=True)
