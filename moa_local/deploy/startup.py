@@ -1,7 +1,8 @@
 """Starting one engine process, and waiting until engines answer `/health`.
 
 `check_port_free` refuses a taken port before anything starts; `prepare`
-makes the engine's folders and rotates its log; `spawn` starts the command as a session leader with the
+makes the engine's folders (its TMPDIR private, see `launch_spec`) and
+rotates its log; `spawn` starts the command as a session leader with the
 marker in its environment; `wait_healthy` polls each engine's `/health`
 and reports one that exits or misses the deadline with the tail of its log.
 Left out: which engines to start, the state file and stopping (`launcher`).
@@ -19,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from moa_local.deploy import processes
-from moa_local.deploy.launch_spec import LaunchSpec
+from moa_local.deploy.launch_spec import LaunchSpec, make_private_dir
 from moa_local.deploy.run_state import EngineRecord
 from moa_local.errors import ServingError
 
@@ -44,7 +45,8 @@ def check_port_free(spec: LaunchSpec) -> None:
 def prepare(spec: LaunchSpec) -> None:
     """The engine's folders and a fresh log (the previous one kept as .log.1)."""
     shutil.rmtree(spec.env["TMPDIR"], ignore_errors=True)  # private to this endpoint, which is not running
-    for folder in ("TMPDIR", "VLLM_CACHE_ROOT", "MPLCONFIGDIR"):
+    make_private_dir(Path(spec.env["TMPDIR"]))  # refuses what someone else left there
+    for folder in ("VLLM_CACHE_ROOT", "MPLCONFIGDIR"):
         Path(spec.env[folder]).mkdir(mode=0o700, parents=True, exist_ok=True)
     if spec.log.exists():
         spec.log.replace(spec.log.with_suffix(".log.1"))

@@ -7,6 +7,8 @@ a lost state file, and an engine TMPDIR someone else planted.
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,9 @@ from click.testing import CliRunner
 from moa_local.cli import main
 from moa_local.config import parse_config
 from moa_local.deploy import launcher, processes
+from moa_local.deploy.launch_spec import private_tmp
 from moa_local.deploy.run_state import read_state, state_path
+from moa_local.errors import ServingError
 from tests.deploy.fake_vllm import FakeVllm, engines_of, kill_engines_of, wait_for_line, wait_for_record
 from tests.support.engine_fixtures import free_port
 
@@ -134,3 +138,34 @@ def test_fault_engine_of_an_endpoint_removed_from_the_config_is_found_without_st
     other = parse_config(fake_vllm.config_text(free_port(), name="other"), "cfg.yaml")
     assert launcher.down(other, run_dir, grace_s=30) == {"other": "not running", "small": "stopped"}
     assert not processes.is_alive(record.pid)
+
+
+def test_fault_engine_tmp_folder_planted_in_tmp_is_refused(tmp_path: Path, fake_vllm: FakeVllm) -> None:
+    run_dir = tmp_path / ("long-run-folder-name-" * 3)  # TMPDIR would be too long: it goes to /tmp
+    planted = private_tmp(run_dir, "small")
+    assert planted.parent == Path("/tmp")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o777)
+    planted.symlink_to(elsewhere)  # as another user could: /tmp is shared and the name predictable
+    try:
+        config = parse_config(fake_vllm.config_text(free_port()), "cfg.yaml")
+        refused = f"{planted}: refusing this engine temporary folder: it is a symbolic link;"
+        with pytest.raises(ServingError, match=re.escape(refused)):
+            launcher.up(config, run_dir, timeout_s=60)
+        assert read_state(run_dir) == {} and engines_of(run_dir) == []
+    finally:
+        planted.unlink()
+        kill_engines_of(run_dir)
+
+
+def test_engine_tmp_folder_in_tmp_is_private(tmp_path: Path, fake_vllm: FakeVllm) -> None:
+    run_dir = tmp_path / ("long-run-folder-name-" * 3)
+    config = parse_config(fake_vllm.config_text(free_port()), "cfg.yaml")
+    try:
+        launcher.up(config, run_dir, timeout_s=60)
+        folder = private_tmp(run_dir, "small")
+        info = folder.lstat()
+        assert (info.st_uid, info.st_mode & 0o777) == (os.getuid(), 0o700)
+    finally:
+        launcher.down(config, run_dir)
+    assert not folder.exists()
