@@ -248,6 +248,25 @@ def test_env_var_default_applies_when_unset_or_empty(tmp_path: Path, monkeypatch
     assert load_config(write(tmp_path, text)).endpoints["qwen"].serve.model_path == "/data/qwen"  # type: ignore[union-attr]
 
 
+def test_dollar_dollar_brace_is_a_literal_dollar_brace_in_prompts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("name", raising=False)
+    monkeypatch.setenv("MOA_TEST_TOPIC", "maths")
+    prompt = "Fill in $${name} and $${x:-y} about ${MOA_TEST_TOPIC}; it costs $$5 or $3."
+    text = BASE.replace("aggregator: {endpoint: qwen}", f"aggregator: {{endpoint: qwen, system_prompt: '{prompt}'}}")
+    config = load_config(write(tmp_path, text))
+    expected = "Fill in ${name} and ${x:-y} about maths; it costs $$5 or $3."
+    assert config.mixtures["moa"].aggregator.system_prompt == expected
+
+
+def test_unescaped_dollar_brace_in_a_prompt_names_its_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("name", raising=False)
+    text = BASE.replace("{endpoint: smollm2}", "{endpoint: smollm2, system_prompt: 'Fill in ${name}'}")
+    key = "mixtures.moa.layers.0.agents.0.system_prompt"
+    assert error_of(tmp_path, text) == f"{key}: environment variable name is not set"
+
+
 def test_api_key_env_is_read_at_call_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = load_config(write(tmp_path, BASE.replace("model: q}", "model: q, api_key_env: MOA_TEST_KEY}")))
     monkeypatch.delenv("MOA_TEST_KEY", raising=False)

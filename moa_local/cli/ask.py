@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from moa_local.config import Config
+    from moa_local.metrics import Metrics
     from moa_local.mixture.events import Done, Proposal
     from moa_local.mixture.spec import RunSpec
     from moa_local.mixture.trace import AgentTrace
@@ -61,8 +62,12 @@ async def answer(
     as_json: bool = False,
     out: TextIO | None = None,
     err: TextIO | None = None,
+    metrics: Metrics | None = None,
 ) -> dict[str, Any]:
-    """Run `spec` on `prompt` and render it; the result is what `--json` prints."""
+    """Run `spec` on `prompt` and render it; the result is what `--json` prints.
+
+    Pool and pipeline record into one registry, `metrics` (a fresh one by default).
+    """
     # Imported here, not at the top: every command loads this module, and the pool brings the openai SDK.
     from rich.console import Console
 
@@ -75,8 +80,9 @@ async def answer(
     out = sys.stdout if out is None else out
     console = Console(file=sys.stderr if err is None else err, highlight=False)
     proposals: list[dict[str, Any]] = []
-    async with EndpointPool(config.endpoints, Metrics()) as pool:
-        events = Pipeline(pool, Metrics()).run(spec, [{"role": "user", "content": prompt}])
+    metrics = Metrics() if metrics is None else metrics
+    async with EndpointPool(config.endpoints, metrics) as pool:
+        events = Pipeline(pool, metrics).run(spec, [{"role": "user", "content": prompt}])
         async with aclosing(events):
             async for event in events:
                 if isinstance(event, Proposal):

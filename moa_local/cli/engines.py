@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,13 +34,16 @@ def _load_for_serving(config_path: str, run_dir: str | None) -> tuple[Config, Pa
               help="Seconds to wait for every server's /health.")  # fmt: skip
 def up(config_path: str, run_dir: str | None, names: tuple[str, ...], timeout_s: float) -> None:
     """Start the engine server of every endpoint with a serve block and wait until all are healthy."""
-    from moa_local.deploy import launcher
+    from moa_local.deploy import interruption, launcher
 
     config, folder = _load_for_serving(config_path, run_dir)
     try:
         records = launcher.up(config, folder, names=names or None, timeout_s=timeout_s, on_event=click.echo)
-    except KeyboardInterrupt:
-        raise click.ClickException("interrupted; the servers started by this command were stopped") from None
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, interruption.Interrupted) else signal.SIGINT
+        raise click.ClickException(
+            f"interrupted ({signal.Signals(signum).name}); the servers started by this command were stopped"
+        ) from None
     click.echo(f"{len(records)} engine server(s) up; stop them with: moa-local down --config {config_path}")
 
 

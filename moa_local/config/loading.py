@@ -1,10 +1,15 @@
 """Reading a config file: YAML, `${VAR}` expansion, validation, cross-references.
 
-`load_config(path)` reads the file, expands `${VAR}` in string values,
+`load_config(path)` reads the file, expands `${VAR}` and `${VAR:-default}`
+in every string value (an unset variable without a default is an error),
 validates every key, checks cross-references (an agent's endpoint exists,
 `min_ok` is reachable, names do not collide) and raises `ConfigError` whose
 message names the file, the dotted key path and the bad value. Nothing after
 load reads raw dicts. The models themselves are `schema.py`'s.
+
+`$${` is a literal `${` (as in Docker Compose), for prompt text that must
+contain one: `system_prompt: "fill in $${name}"` gives `fill in ${name}`.
+Any other `$` is left as it is.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from pydantic import BaseModel, ValidationError
 from moa_local.config.schema import Config, MixtureConfig
 from moa_local.errors import ConfigError
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")  # ${VAR} or ${VAR:-default}
+# $${ (a literal "${"), or ${VAR} or ${VAR:-default}
+_ENV_REF = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def load_config(path: str | Path) -> Config:
@@ -73,6 +79,8 @@ def _expand_env(value: Any, path: tuple[str, ...], source: str) -> Any:
 
         def substitute(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
+            if name is None:
+                return "${"  # the escape $${
             if os.environ.get(name):
                 return os.environ[name]
             if default is not None:

@@ -1,8 +1,10 @@
 """What it takes to start one engine server: command, environment, files, prerequisites.
 
 `launch_spec` only builds (it is what the tests inspect for the GPU path that
-cannot run here); `check_installed` says which set-up step is missing. The
-flags themselves come from `engine_args`, shared with the compose generator.
+cannot run here); `check_installed` says which set-up step is missing;
+`make_private_dir` creates the engine's TMPDIR, refusing one that others
+could reach. The flags themselves come from `engine_args`, shared with the
+compose generator.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +88,38 @@ def private_tmp(run_dir: Path, name: str) -> Path:
         return inside
     digest = hashlib.sha256(str(inside).encode()).hexdigest()[:16]
     return Path("/tmp") / f"moa-local-{digest}"
+
+
+def make_private_dir(path: Path) -> None:
+    """Create the folder `path` with mode 0700, or accept it only if it is already a private folder of ours.
+
+    The engine's TMPDIR may be the predictable /tmp/moa-local-<digest>: a folder (or a symlink)
+    someone else put there first would let them reach the engine's IPC sockets.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700)
+        return
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ServingError(f"{path}: cannot create the engine's temporary folder ({exc.strerror})") from None
+    problem = private_dir_problem(os.lstat(path), os.getuid())
+    if problem is not None:
+        raise ServingError(f"{path}: refusing this engine temporary folder: {problem}; have it removed and try again")
+
+
+def private_dir_problem(info: os.stat_result, uid: int) -> str | None:
+    """Why a folder with this (lstat) status is not private to `uid`, or None if it is."""
+    if stat.S_ISLNK(info.st_mode):
+        return "it is a symbolic link"
+    if not stat.S_ISDIR(info.st_mode):
+        return "it is not a folder"
+    if info.st_uid != uid:
+        return f"it belongs to uid {info.st_uid}, not to this user (uid {uid})"
+    if info.st_mode & 0o077:
+        return f"its mode {stat.S_IMODE(info.st_mode):04o} lets other users in (want 0700)"
+    return None
 
 
 def check_installed(name: str, endpoint: EndpointConfig) -> None:

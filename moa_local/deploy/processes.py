@@ -1,10 +1,12 @@
-"""Engine processes seen through /proc: ownership, liveness, signals, memory.
+"""Engine processes seen through /proc: ownership, discovery, liveness, signals, memory.
 
 A recorded PID is only ever signalled after checking that it still belongs to
 the engine we started: its environment carries our marker variable (or, when
 the environment cannot be read, its command line names the recorded program).
-Engines run as session leaders, so their children share the leader's process
-group; a SIGKILL after the grace period goes to the whole group. Linux only.
+The same test finds a run folder's engines without the state file
+(`find_engines`): the marker starts with the run folder's path. Engines run
+as session leaders, so their children share the leader's process group; a
+SIGKILL after the grace period goes to the whole group. Linux only.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from moa_local.procfs import PROC, stat_fields
@@ -64,6 +67,61 @@ def is_ours(pid: int, marker: str, command: Sequence[str]) -> bool:
     return cmdline(pid)[: len(command)] == list(command)
 
 
+def marker_for(run_root: str, name: str, token: str) -> str:
+    """The marker of endpoint `name`'s engine started from the run folder at `run_root` (resolved)."""
+    return f"{run_root}#{name}#{token}"
+
+
+@dataclass(frozen=True)
+class FoundEngine:
+    name: str
+    pid: int
+    marker: str  # "" when its environment could not be read
+    command: tuple[str, ...]
+
+
+def engine_name(
+    environ: Mapping[str, str] | None, command: Sequence[str], run_root: str, commands: Mapping[str, Sequence[str]]
+) -> str | None:
+    """Which endpoint's engine of the run folder `run_root` a process is, if any.
+
+    Its environment decides when it can be read: the marker names run folder and endpoint.
+    Only when it cannot, the command line must be an endpoint's command, or end with it (a
+    script run by its `#!` interpreter shows the interpreter first).
+    """
+    if environ is not None:
+        root, _, rest = environ.get(MARKER_ENV, "").rpartition("#")[0].rpartition("#")
+        return rest if root == run_root and rest else None
+    for name, expected in commands.items():
+        if expected and list(command[-len(expected) :]) == list(expected):
+            return name
+    return None
+
+
+def find_engines(run_root: str, commands: Mapping[str, Sequence[str]]) -> list[FoundEngine]:
+    """This user's session leaders that are engines of the run folder `run_root` (see `engine_name`)."""
+    found = []
+    uid = os.getuid()
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        fields = stat_fields(pid)
+        if fields is None or len(fields) < 4 or fields[3] != entry.name or fields[0] in ("Z", "X"):
+            continue  # gone, or not a session leader (an engine's own workers carry its marker too)
+        try:
+            if entry.stat().st_uid != uid:
+                continue
+        except OSError:
+            continue
+        environ, command = _environ(pid), cmdline(pid)
+        name = engine_name(environ, command, run_root, commands)
+        if name is not None:
+            marker = environ.get(MARKER_ENV, "") if environ is not None else ""
+            found.append(FoundEngine(name, pid, marker, tuple(command)))
+    return found
+
+
 def group_members(pgid: int) -> list[int]:
     members = []
     for entry in PROC.iterdir():
@@ -100,9 +158,10 @@ def _signal(pid: int, sig: signal.Signals, group: bool) -> None:
         pass
 
 
-def terminate(pids: Sequence[int], grace_s: float) -> dict[int, str]:
+def terminate(pids: Sequence[int], grace_s: float, hurry: Callable[[], bool] | None = None) -> dict[int, str]:
     """SIGTERM each leader, wait for the groups to exit, SIGKILL what is left.
 
+    `hurry`, polled while waiting, cuts the grace period short when it returns True.
     Returns, per PID, "stopped" (exited on SIGTERM) or "killed".
     """
     for pid in pids:
@@ -115,6 +174,8 @@ def terminate(pids: Sequence[int], grace_s: float) -> dict[int, str]:
             if not is_alive(pid) and not group_members(pid):
                 outcome[pid] = "stopped"
                 pending.remove(pid)
+        if pending and hurry is not None and hurry():
+            break
         if pending:
             time.sleep(0.2)
     for pid in pending:

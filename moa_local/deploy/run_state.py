@@ -3,7 +3,10 @@
 One JSON file per run folder, rewritten atomically (temp file + rename), so a
 crash mid-write never leaves a torn file. It is written right after the
 processes are spawned, before they are healthy, so `down` can always find
-what an interrupted `up` left running.
+what an interrupted `up` left running. Its writers (`up` and `down`) hold
+the run folder's lock (`run_lock`) from read to write, so two commands never
+overwrite each other's records; readers need no lock. The file is a record,
+not the only truth: the launcher also finds a run folder's engines in /proc.
 """
 
 from __future__ import annotations

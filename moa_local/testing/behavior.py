@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,11 @@ class Behavior:
     answers until the client goes away. `times` limits the faults to the next
     `times` chat requests (then they clear); `None` means every request.
     `latency_ms` delays the response headers (and so the first token).
+
+    `update` and `take` are atomic, also between threads (a test thread
+    changing what the server thread answers): a patch that fails validation
+    changes nothing, and two patches never mix. Setting one field directly
+    is atomic too; a test that sets several at once uses `update`.
     """
 
     tokens: int = 8
@@ -83,27 +89,30 @@ class Behavior:
             raise ValueError(f"behavior.status: expected 400..599, got {self.status!r}")
         try:
             self.template.format(model="m", words="w1", request=1, index=0, prompt="p")
-        except (KeyError, IndexError, ValueError) as exc:
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
             raise ValueError(f"behavior.template: cannot format {self.template!r}: {exc!r}") from exc
+        self._lock = threading.Lock()  # not a field: equality, to_dict and replace ignore it
 
     def update(self, patch: Mapping[str, Any]) -> None:
         """Set several fields at once, validated; unknown names raise ValueError."""
         unknown = sorted(set(patch) - set(_FIELD_TYPES))
         if unknown:
             raise ValueError(f"behavior: unknown field(s) {unknown} (known: {sorted(_FIELD_TYPES)})")
-        checked = dataclasses.replace(self, **patch)
-        for name in _FIELD_TYPES:
-            setattr(self, name, getattr(checked, name))
+        with self._lock:  # validated against, and applied to, the same current state
+            checked = dataclasses.replace(self, **patch)
+            for name in _FIELD_TYPES:
+                setattr(self, name, getattr(checked, name))
 
     def take(self) -> Behavior:
         """A snapshot for one chat request; counts down `times` if a fault is set."""
-        snapshot = copy.copy(self)  # no re-validation: this runs per request
-        faulty = self.status is not None or self.cut_after is not None or self.hang
-        if faulty and self.times is not None:
-            self.times -= 1
-            if self.times <= 0:
-                self.status = self.cut_after = self.times = None
-                self.hang = False
+        with self._lock:
+            snapshot = copy.copy(self)  # no re-validation: this runs per request
+            faulty = self.status is not None or self.cut_after is not None or self.hang
+            if faulty and self.times is not None:
+                self.times -= 1
+                if self.times <= 0:
+                    self.status = self.cut_after = self.times = None
+                    self.hang = False
         return snapshot
 
     def to_dict(self) -> dict[str, Any]:

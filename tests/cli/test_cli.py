@@ -8,6 +8,7 @@ in this process, which is faster and re-raises anything unhandled.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import shutil
@@ -283,3 +284,36 @@ def test_check_probes_past_their_bound_are_one_moa_error(tmp_path: Path, fake_en
         with pytest.raises(MoaError) as caught:
             asyncio.run(probe_endpoints(config, timeout_s=0.5))
     assert str(caught.value) == "the endpoint probes took longer than 0.5 s (no answer from b)"
+
+
+def test_fault_ask_records_pool_and_pipeline_in_one_registry(tmp_path: Path, fake_engine: FakeEngineFactory) -> None:
+    from moa_local.cli.ask import answer
+    from moa_local.metrics import Metrics
+    from moa_local.mixture.catalog import run_spec
+    from moa_local.mixture.spec import Overrides
+
+    servers = {"a": fake_engine(model="a"), "agg": fake_engine(model="agg")}
+    config = load_config(write_config(tmp_path, servers, [["a"]]))
+    metrics = Metrics()
+    asyncio.run(answer(config, run_spec(config, None, Overrides()), "hi", out=io.StringIO(), metrics=metrics))
+    text = metrics.render()[0].decode()
+    assert 'moa_agent_calls_total{endpoint="a",outcome="ok",role="proposer"} 1.0' in text  # the pool's
+    assert 'moa_layer_duration_seconds_count{layer="1",mixture="moa"} 1.0' in text  # the pipeline's
+
+
+@pytest.mark.parametrize("command", [["prometheus-config", "-o"], ["compose", "--out"]])
+def test_unwritable_output_file_is_one_line(tmp_path: Path, command: list[str]) -> None:
+    config = Path(__file__).resolve().parents[2] / "configs" / "gpu-small.yaml"
+    target = tmp_path / "missing-folder" / "out.yml"
+    line = one_error_line(invoke(*command, target, "--config", config))
+    assert line == f"{target}: cannot write (No such file or directory)"
+
+
+def test_unusable_run_folder_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    config = write_config(tmp_path, {"a": "http://127.0.0.1:9/v1"}, [["a"]], aggregator="a")
+    serve = f"    serve: {{engine: vllm-cpu, model_path: {tmp_path}}}\n"
+    config.write_text(config.read_text().replace("model: a\n", f"model: a\n{serve}"))
+    for command in ("up", "down"):
+        line = one_error_line(invoke(command, "--config", config, "--run-dir", tmp_path / "file" / "run"))
+        assert line == f"{tmp_path / 'file' / 'run'}: cannot use this run folder (Not a directory)"

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import re
+import stat
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from moa_local.config import parse_config
 from moa_local.deploy import launch_spec
 from moa_local.deploy.engine_args import serve_flags
+from moa_local.errors import ServingError
 from moa_local.paths import cache_root
 
 CPU_CONFIG = """
@@ -79,3 +86,48 @@ endpoints:
     assert flags[flags.index("--quantization") + 1] == "awq"
     assert spec.env["CUDA_VISIBLE_DEVICES"] == "2,3"
     assert "VLLM_CPU_KVCACHE_SPACE" not in spec.env
+
+
+def test_private_dir_is_created_with_mode_0700(tmp_path: Path) -> None:
+    os.umask(old := os.umask(0))  # whatever the umask, the folder is private
+    try:
+        launch_spec.make_private_dir(tmp_path / "tmp")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "tmp").stat().st_mode) == 0o700
+
+
+def loose_folder(path: Path) -> None:
+    path.mkdir()
+    path.chmod(0o755)
+
+
+def symlink_to_a_folder(path: Path) -> None:
+    path.symlink_to(path.parent)
+
+
+def plain_file(path: Path) -> None:
+    path.write_text("")
+
+
+@pytest.mark.parametrize(
+    ("plant", "problem"),
+    [
+        (loose_folder, "its mode 0755 lets other users in (want 0700)"),
+        (symlink_to_a_folder, "it is a symbolic link"),
+        (plain_file, "it is not a folder"),
+    ],
+)
+def test_private_dir_that_others_could_reach_is_refused(
+    tmp_path: Path, plant: Callable[[Path], None], problem: str
+) -> None:
+    folder = tmp_path / "moa-local-0123456789abcdef"
+    plant(folder)
+    with pytest.raises(ServingError, match=re.escape(f"{folder}: refusing this engine temporary folder: {problem};")):
+        launch_spec.make_private_dir(folder)
+
+
+def test_private_dir_of_another_user_is_refused() -> None:
+    info = os.stat_result((stat.S_IFDIR | 0o700, 0, 0, 2, 65534, 65534, 4096, 0, 0, 0))
+    assert launch_spec.private_dir_problem(info, uid=1000) == "it belongs to uid 65534, not to this user (uid 1000)"
+    assert launch_spec.private_dir_problem(info, uid=65534) is None

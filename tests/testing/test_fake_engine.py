@@ -109,6 +109,16 @@ def test_behavior_over_http(fake_engine: FakeEngineFactory) -> None:
     assert a.behavior == Behavior() and a.requests == []
 
 
+def test_fault_behavior_post_failing_validation_half_way_is_a_400_and_changes_nothing(
+    fake_engine: FakeEngineFactory,
+) -> None:
+    a = fake_engine(model="a", tokens=2)
+    bad = httpx.post(f"{a.url}/fake/behavior", json={"tokens": 3, "template": "{model.nope}"}, timeout=5)
+    assert bad.status_code == 400 and bad.json()["error"]["message"].startswith("behavior.template: cannot format")
+    assert a.behavior == Behavior(tokens=2)
+    assert httpx.get(f"{a.url}/fake/behavior", timeout=5).json()["tokens"] == 2
+
+
 @pytest.mark.parametrize(
     ("status", "error"),
     [
