@@ -27,7 +27,9 @@ its pace in a batch whose work leaves one engine idle part of the time
 (measured on the balanced lineup: Qwen 8.4 tok/s while SmolLM2 runs flat
 out, 10.1 in the gateway's batch, where SmolLM2 idles three quarters of
 the time).
-`bench/targets.py` compares the gateway's batch run against it.
+`bench/targets.py` compares the gateway's batch run against it. With
+`--window 0` there is no saturation window (nor its warm-up): only the
+direct batch runs, as `bench/batch.sh` needs it.
 
     python bench/saturation.py --config bench/cpu-bench.yaml --mixture moa-bench \
         --prompts 32 --max-tokens 48 --batch 32 --out bench-out/saturation.json
@@ -242,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=48, help="the aggregator's max_tokens (as the bench sends)")
     parser.add_argument("--concurrency", type=int, default=16, help="calls in flight per engine")
     parser.add_argument("--warmup", type=float, default=20.0, help="seconds of load before the window opens")
-    parser.add_argument("--window", type=float, default=60.0, help="seconds over which the rates are measured")
+    parser.add_argument("--window", type=float, default=60.0,
+                        help="seconds over which the rates are measured (0: no window, only --batch)")  # fmt: skip
     parser.add_argument(
         "--batch",
         type=int,
@@ -252,8 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="builtin")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    if args.prompts < 1 or args.batch < 0:
-        parser.error("--prompts must be at least 1 and --batch at least 0")
+    if args.prompts < 1 or args.batch < 0 or args.window < 0:
+        parser.error("--prompts must be at least 1, --batch and --window at least 0")
+    if args.window == 0 and args.batch == 0:
+        parser.error("--window 0 measures nothing without --batch")
     try:
         config, mixture = load_mixture(args.config, args.mixture)
         conversations = load_conversations(args.dataset)
@@ -264,8 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     conversations = [conversations[i % len(conversations)] for i in range(args.prompts)]
     counts = {name: len(queue) for name, queue in calls(config, mixture, conversations, args.max_tokens).items()}
     run = f"{random.getrandbits(64):x}"  # stand-ins no earlier run on these engines can have left in their cache
-    result = asyncio.run(load(config, rounds(config, mixture, conversations, args.max_tokens, run), args.concurrency,
-                              args.warmup, args.window))  # fmt: skip
+    result: dict[str, Any] = {}
+    if args.window > 0:
+        result = asyncio.run(load(config, rounds(config, mixture, conversations, args.max_tokens, run),
+                                  args.concurrency, args.warmup, args.window))  # fmt: skip
     result.update(mixture=args.mixture, prompts=args.prompts, calls_per_cycle=counts)
     if batch:  # after the window's load, whose calls are cancelled by then
         work = calls(config, mixture, batch, args.max_tokens, f"{run}.batch")  # none of the window's stand-ins
@@ -273,8 +280,9 @@ def main(argv: list[str] | None = None) -> int:
         result["direct_batch"]["prompts"] = args.batch
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    rates = ", ".join(f"{name} {e['generation_tokens_per_s'] or 0:.1f}" for name, e in result["engines"].items())
-    print(f"saturation: {result['generated_tokens_per_s'] or 0:.1f} generated tok/s ({rates})", file=sys.stderr)
+    if args.window > 0:
+        rates = ", ".join(f"{name} {e['generation_tokens_per_s'] or 0:.1f}" for name, e in result["engines"].items())
+        print(f"saturation: {result['generated_tokens_per_s'] or 0:.1f} generated tok/s ({rates})", file=sys.stderr)
     if batch:
         direct = result["direct_batch"]
         print(f"direct batch of {args.batch} prompts: {direct['generated_tokens_per_s'] or 0:.1f} generated tok/s "

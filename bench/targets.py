@@ -34,7 +34,10 @@ Prints a Markdown table (target, measured, met or missed) and writes
   share during the batch (the share of the gauge samples in which it had
   a request running);
 - capacity: the best closed-loop MoA requests/s with zero errors in
-  `fake/capacity`, and the open-loop rates served with zero errors.
+  `fake/capacity`, and the open-loop rates served with zero errors;
+- batch jobs: the rows `bench/batch_summary.py` judged into
+  `batch/summary.json` (`bench/batch.sh OUT_DIR/batch`): `moa-local batch`
+  against the direct batch, and interactive TTFT under a gateway batch.
 
     python bench/targets.py bench-out/20261121-070000
 """
@@ -190,6 +193,15 @@ def capacity_rows(out: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def batch_job_rows(out: Path) -> list[dict[str, Any]]:
+    """The batch benchmark's rows, as `bench/batch_summary.py` judged them."""
+    summary = out / "batch" / "summary.json"
+    if not summary.is_file():
+        return []
+    rows: list[dict[str, Any]] = json.loads(summary.read_text())["targets"]
+    return rows
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: targets.py OUT_DIR", file=sys.stderr)
@@ -198,7 +210,7 @@ def main(argv: list[str]) -> int:
     if not out.is_dir():
         print(f"targets.py: {out}: no such folder", file=sys.stderr)
         return 1
-    rows = overhead_rows(out) + passthrough_rows(out) + batch_rows(out) + capacity_rows(out)
+    rows = overhead_rows(out) + passthrough_rows(out) + batch_rows(out) + batch_job_rows(out) + capacity_rows(out)
     (out / "targets.json").write_text(json.dumps(rows, indent=2) + "\n")
     print("| target | measured | status |\n|---|---|---|")
     for r in rows:
