@@ -24,8 +24,8 @@ import pytest
 
 from moa_local.bench.client import Target
 from moa_local.bench.stats import RequestRecord
+from tests.support.engine_faults import AGGREGATOR, PROPOSER_STATUS, apply, three_proposers
 from tests.support.engine_processes import EngineProcess, processes
-from tests.support.garbled_engine import MODES as GARBLE_MODES
 from tests.support.gateway_fixtures import GatewayFactory, GatewayServer
 from tests.support.traffic import client, closed_loop, failures, process_config, until
 
@@ -52,13 +52,6 @@ def fresh(engines: dict[str, EngineProcess]) -> dict[str, EngineProcess]:
     return engines
 
 
-def mixture(deadline_s: float | None = None, timeout_s: float = 60.0) -> dict[str, Any]:
-    layer: dict[str, Any] = {"agents": [{"endpoint": p} for p in ("p1", "p2", "p3")], "min_ok": 2}
-    if deadline_s is not None:
-        layer["deadline_s"] = deadline_s
-    return {"layers": [layer], "aggregator": {"endpoint": "agg"}, "timeout_s": timeout_s}
-
-
 def chat(gw: GatewayServer, model: str = "mix", **fields: Any) -> httpx.Response:
     body = {"model": model, "messages": HELLO, "moa": {"trace": True}, **fields}
     return gw.http.post("/v1/chat/completions", json=body, timeout=CLIENT_TIMEOUT_S)
@@ -82,7 +75,7 @@ async def test_fault_sigkill_a_proposer_of_three_mid_run_fails_no_request_and_it
     fresh: dict[str, EngineProcess], gateway_server: GatewayFactory
 ) -> None:
     circuit = {"failures": 3, "cooldown_s": 1.0}
-    gw = gateway_server(process_config(fresh, {"mix": mixture()}, max_retries=1, timeout_s=30, circuit=circuit))
+    gw = gateway_server(process_config(fresh, {"mix": three_proposers()}, max_retries=1, timeout_s=30, circuit=circuit))
     p2 = fresh["p2"]
     target = Target(gw.url, "mix", max_tokens=16, trace=False, timeout_s=CLIENT_TIMEOUT_S)
     records: list[RequestRecord] = []
@@ -111,7 +104,7 @@ def test_fault_sigkill_the_aggregator_fails_fast_with_a_502_naming_it(
     fresh: dict[str, EngineProcess], gateway_server: GatewayFactory
 ) -> None:
     # Call timeouts of 120 s: a request that waited for one would hit the client's 15 s first.
-    gw = gateway_server(process_config(fresh, {"mix": mixture(timeout_s=300)}, timeout_s=120))
+    gw = gateway_server(process_config(fresh, {"mix": three_proposers(timeout_s=300)}, timeout_s=120))
     fresh["agg"].kill()
     for model in ("mix", "agg", "mix", "agg", "mix"):  # the later ones meet an open circuit
         for stream in (False, True):
@@ -122,30 +115,6 @@ def test_fault_sigkill_the_aggregator_fails_fast_with_a_502_naming_it(
     assert gw.metric("moa_agent_calls_total", endpoint="agg", role="aggregator", outcome="error") > 0
 
 
-# (fault name, behavior or garble mode) -> what a client gets when that fault is on a proposer (p2, one of
-# three, quorum 2: an answer without it) and on the aggregator (the status and error code).
-BEHAVIORS: dict[str, dict[str, Any]] = {
-    "slow": {"latency_ms": 20_000},
-    "hang": {"hang": True},
-    "slow-stream": {"tokens": 40, "token_delay_ms": 500},
-    "cut": {"cut_after": 2},
-    "status-500": {"status": 500},
-    "status-503": {"status": 503, "error_message": "engine overloaded"},
-    "429-retry-after": {"status": 429, "retry_after": 0.1},
-    "429-once": {"status": 429, "retry_after": 0.1, "times": 1},
-}
-AGGREGATOR: dict[str, tuple[int, str]] = {
-    "slow": (504, "deadline_exceeded"),
-    "hang": (504, "deadline_exceeded"),
-    "slow-stream": (504, "deadline_exceeded"),
-    "cut": (502, "backend_stream_broken"),
-    "status-500": (502, "backend_failed"),
-    "status-503": (502, "backend_failed"),
-    "429-retry-after": (502, "backend_failed"),
-    "429-once": (200, ""),
-    **dict.fromkeys(GARBLE_MODES, (502, "backend_")),  # any backend code: the engine broke the protocol
-}
-PROPOSER_STATUS = {"slow": "late", "hang": "late", "slow-stream": "late", "429-once": "ok"}  # else "error"
 # Found by this suite, not in the hardening issue's list: a stream event of the wrong shape escapes the
 # call's error translation (a TypeError in the pipeline or the usage sums) and becomes a 500 with a traceback.
 SHAPE = pytest.mark.xfail(strict=True, reason="found here, not in the issue's list: an engine event of the wrong "
@@ -154,19 +123,11 @@ PROPOSER_KNOWN = {"shape-content-int": SHAPE, "shape-index-str": SHAPE, "shape-u
 AGGREGATOR_KNOWN = {"shape-content-int": SHAPE, "shape-usage-str": SHAPE}
 
 
-def apply(engine: EngineProcess, fault: str) -> None:
-    if fault in BEHAVIORS:
-        engine.set(**BEHAVIORS[fault])
-    else:
-        engine.garble(fault)
-
-
 @pytest.fixture
 def faulty(fresh: dict[str, EngineProcess], gateway_server: GatewayFactory) -> GatewayServer:
     """A gateway whose layer waits 1 s and whose requests are capped at 3 s; circuits never open."""
-    config = process_config(
-        fresh, {"mix": mixture(deadline_s=1.0, timeout_s=3.0)}, max_retries=1, timeout_s=10, circuit={"failures": 1000}
-    )
+    mixtures = {"mix": three_proposers(deadline_s=1.0, timeout_s=3.0)}
+    config = process_config(fresh, mixtures, max_retries=1, timeout_s=10, circuit={"failures": 1000})
     return gateway_server(config)
 
 

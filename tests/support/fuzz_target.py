@@ -134,20 +134,26 @@ class FuzzTarget:
 
     def try_case(self, case: Case) -> Outcome:
         started = time.perf_counter()
-        try:
-            response = self.send(case)
-        except httpx.HTTPError as exc:
-            return Outcome(case, None, [f"no answer: {type(exc).__name__}: {exc}"], time.perf_counter() - started)
-        outcome = Outcome(case, response.status_code, judge(case, response), time.perf_counter() - started)
-        return outcome
+        for attempt in (1, 2):
+            try:
+                response = self.send(case)
+                break
+            except httpx.HTTPError as exc:
+                # Once more on a fresh connection: a kept-alive one the gateway closed after an earlier
+                # case's failure must not be blamed on this case. A second failure is this case's own.
+                if attempt == 2:
+                    problem = f"no answer: {type(exc).__name__}: {exc}"
+                    return Outcome(case, None, [problem], time.perf_counter() - started)
+        return Outcome(case, response.status_code, judge(case, response), time.perf_counter() - started)
 
     def health_problems(self) -> list[str]:
         """Why the gateway is not back to idle and healthy, if it is not."""
         problems = []
         auth = {"authorization": f"Bearer {API_KEY}"}
-        if (health := self.http.get("/health")).status_code != 200:
+        # Fresh connections: a kept-alive one may have been closed by the gateway after a failure.
+        if (health := httpx.get(f"{self.gw.url}/health", timeout=10)).status_code != 200:
             problems.append(f"/health answered {health.status_code}")
-        if (ready := self.http.get("/ready", headers=auth)).status_code != 200:
+        if (ready := httpx.get(f"{self.gw.url}/ready", headers=auth, timeout=10)).status_code != 200:
             problems.append(f"/ready answered {ready.status_code}: {ready.text[:200]}")
         deadline = time.monotonic() + 10
         while self.gw.gateway.inflight or any(self.gw.metric("moa_inflight", endpoint=e) for e in ("p1", "p2", "agg")):

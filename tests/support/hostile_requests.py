@@ -196,7 +196,8 @@ def numbers(draw: st.DrawFn) -> Case:
 
 @st.composite
 def nesting(draw: st.DrawFn) -> Case:
-    depth = draw(st.sampled_from([10, 100, 500, 900, 990, 1000, 1100, 5000, 20_000, 100_000]))
+    edges = st.sampled_from([10, 100, 500, 900, 990, 1000, 1100, 5000, 20_000, 100_000])
+    depth = draw(edges | st.integers(2, 3000))
     opener, closer = draw(st.sampled_from([("[", "]"), ('{"a":', "}"), ('[{"a":', "}]")]))
     nested = opener * depth + "1" + closer * depth
     where = draw(st.sampled_from(["body", "messages", "messages.0.content", "metadata", "stop", "moa"]))

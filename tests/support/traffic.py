@@ -4,8 +4,9 @@
 `count` have been sent, each answered by `moa_local.bench.client.send`
 (which never raises: every request yields a `RequestRecord`, its error
 included), appending each record to `done` as it finishes so that a test
-can act in the middle of a run. `process_config` is the config of a
-gateway in front of `EngineProcess` engines. `until` waits, bounded, for
+can act in the middle of a run. `process_config` (and `raw_process_config`,
+for a gateway process) is the config of a gateway in front of
+`EngineProcess` engines. `until` waits, bounded, for
 a condition, from async code.
 
 Left out on purpose: starting engines (`engine_processes.py`) and judging
@@ -28,20 +29,30 @@ from moa_local.config import Config, parse_config
 from tests.support.engine_processes import EngineProcess
 
 
-def process_config(
+def raw_process_config(
     engines: Mapping[str, EngineProcess],
     mixtures: Mapping[str, Mapping[str, Any]],
     gateway: Mapping[str, Any] | None = None,
     **endpoint_fields: Any,
-) -> Config:
-    raw = {
+) -> dict[str, Any]:
+    """The config (as YAML would hold it) of a gateway in front of `engines`."""
+    return {
         "endpoints": {
             name: {"base_url": e.base_url, "model": e.model, **endpoint_fields} for name, e in engines.items()
         },
         "mixtures": dict(mixtures),
         "gateway": {"api_keys_env": None, **(gateway or {})},
     }
-    return parse_config(json.dumps(raw), "<reliability>")
+
+
+def process_config(
+    engines: Mapping[str, EngineProcess],
+    mixtures: Mapping[str, Mapping[str, Any]],
+    gateway: Mapping[str, Any] | None = None,
+    **endpoint_fields: Any,
+) -> Config:
+    """The same, validated."""
+    return parse_config(json.dumps(raw_process_config(engines, mixtures, gateway, **endpoint_fields)), "<reliability>")
 
 
 def client(concurrency: int, timeout_s: float = 60.0) -> httpx.AsyncClient:
