@@ -187,8 +187,11 @@ def markdown(result: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs/reliability/chaos", help="writes OUT.json and OUT.md")
-    parser.add_argument("--doc", default=None, help="the document whose figures to update "
-                        "(default: docs/reliability.md, when --out is left at its default)")
+    parser.add_argument(
+        "--doc",
+        default=None,
+        help="the document whose figures to update (default: docs/reliability.md, when --out is left at its default)",
+    )
     parser.add_argument("--repeat", type=int, default=5, help="requests per fault and role")
     args = parser.parse_args()
     engines = dict(zip(NAMES, processes(f"{n}-model" for n in NAMES), strict=True))

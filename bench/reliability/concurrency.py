@@ -132,8 +132,11 @@ def markdown(result: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs/reliability/concurrency", help="writes OUT.json and OUT.md")
-    parser.add_argument("--doc", default=None, help="the document whose figures to update "
-                        "(default: docs/reliability.md, when --out is left at its default)")
+    parser.add_argument(
+        "--doc",
+        default=None,
+        help="the document whose figures to update (default: docs/reliability.md, when --out is left at its default)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--burst", type=int, default=1000)
     args = parser.parse_args()

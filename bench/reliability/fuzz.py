@@ -99,8 +99,11 @@ def markdown(result: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs/reliability/fuzz", help="writes OUT.json and OUT.md")
-    parser.add_argument("--doc", default=None, help="the document whose figures to update "
-                        "(default: docs/reliability.md, when --out is left at its default)")
+    parser.add_argument(
+        "--doc",
+        default=None,
+        help="the document whose figures to update (default: docs/reliability.md, when --out is left at its default)",
+    )
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every family's case count")
     args = parser.parse_args()
     result = run(args.scale)

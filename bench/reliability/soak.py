@@ -271,8 +271,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seed", type=int, default=17)
     parser.add_argument("--out", default="docs/reliability/soak", help="writes OUT.json and OUT.md")
-    parser.add_argument("--doc", default=None, help="the document whose figures to update "
-                        "(default: docs/reliability.md, when --out is left at its default)")
+    parser.add_argument(
+        "--doc",
+        default=None,
+        help="the document whose figures to update (default: docs/reliability.md, when --out is left at its default)",
+    )
     args = parser.parse_args()
     warmup = args.warmup_minutes if args.warmup_minutes is not None else max(0.5, args.minutes / 10)
     with tempfile.TemporaryDirectory(prefix="moa-soak-") as workdir:

@@ -112,8 +112,14 @@ class FuzzTarget:
             {"p1": self.p1, "p2": self.p2, "agg": self.agg}, mixtures,
             {"api_keys_env": KEYS_ENV, "max_body_bytes": MAX_BODY},
         )  # fmt: skip
-        config = config.model_copy(update={"endpoints": {
-            **config.endpoints, "agg": config.endpoints["agg"].model_copy(update={"context_window": 65536})}})
+        config = config.model_copy(
+            update={
+                "endpoints": {
+                    **config.endpoints,
+                    "agg": config.endpoints["agg"].model_copy(update={"context_window": 65536}),
+                }
+            }
+        )
         previous = os.environ.get(KEYS_ENV)
         os.environ[KEYS_ENV] = API_KEY  # read once, when the app is built
         try:

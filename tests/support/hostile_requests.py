@@ -158,8 +158,12 @@ def type_grid() -> list[Case]:
 @st.composite
 def valid_bodies(draw: st.DrawFn) -> Case:
     roles = st.sampled_from(["system", "developer", "user", "assistant"])
-    content = st.text(max_size=60) | st.just("a\x00b") | st.lists(
-        st.fixed_dictionaries({"type": st.just("text"), "text": st.text(max_size=20)}), min_size=1, max_size=3
+    content = (
+        st.text(max_size=60)
+        | st.just("a\x00b")
+        | st.lists(
+            st.fixed_dictionaries({"type": st.just("text"), "text": st.text(max_size=20)}), min_size=1, max_size=3
+        )
     )
     messages = draw(st.lists(st.fixed_dictionaries({"role": roles, "content": content}), min_size=1, max_size=4))
     body: dict[str, Any] = {"model": draw(st.sampled_from([MIXTURE, "deep", PASSTHROUGH, "agg", "nope"])),
