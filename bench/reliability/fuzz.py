@@ -30,7 +30,8 @@ import hypothesis  # noqa: E402
 from figures import doc_for, publish  # noqa: E402
 
 from tests.support.fuzz_target import FuzzTarget, LogWatch, Outcome, explore, summary  # noqa: E402
-from tests.support.hostile_requests import FAMILIES, chat, type_grid, with_value  # noqa: E402
+from tests.support.hostile_requests import FAMILIES  # noqa: E402
+from tests.support.request_cases import chat, type_grid, with_value  # noqa: E402
 
 COUNTS = {"valid": 2000, "wrong_types": 1500, "numbers": 800, "nesting": 600, "surrogates": 1000, "bytes": 1000,
           "sizes": 50, "routes": 1800, "headers": 1500}  # fmt: skip

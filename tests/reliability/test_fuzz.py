@@ -18,7 +18,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.fuzz_target import FuzzTarget, LogWatch, Outcome, explore
-from tests.support.hostile_requests import FAMILIES, chat, type_grid, with_value
+from tests.support.hostile_requests import FAMILIES
+from tests.support.request_cases import chat, type_grid, with_value
 
 EXAMPLES = {"valid": 300, "wrong_types": 200, "numbers": 150, "nesting": 100, "surrogates": 150, "bytes": 200,
             "sizes": 7, "routes": 300, "headers": 250}  # fmt: skip

@@ -40,7 +40,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 
 from tests.support.fake_fixtures import FakeServer
 from tests.support.gateway_fixtures import GatewayServer, fake, fake_config
-from tests.support.hostile_requests import API_KEY, FAMILIES, PARSER_REFUSES, Case
+from tests.support.hostile_requests import FAMILIES, PARSER_REFUSES
+from tests.support.request_cases import API_KEY, Case
 
 KEYS_ENV = "MOA_FUZZ_KEYS"
 MAX_BODY = 8 * 1024 * 1024
