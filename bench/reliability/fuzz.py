@@ -76,8 +76,14 @@ def _family(outcomes: list[Outcome], watch: LogWatch, target: FuzzTarget, second
     logged = watch.take()
     health = target.health_problems()
     return {**summary(outcomes), "tracebacks": sum("Traceback" in line for line in logged),
-            "log_errors": len(logged), "first_traceback": logged[0][-600:] if logged else None,
+            "log_errors": len(logged), "first_traceback": _gist(logged[0]) if logged else None,
             "healthy_after": not health, "health_problems": health, "seconds": round(seconds, 1)}  # fmt: skip
+
+
+def _gist(record: str) -> str:
+    """A logged traceback's first line (the message) and last (the exception): no file paths."""
+    lines = record.strip().splitlines()
+    return lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
 
 
 def markdown(result: dict[str, Any]) -> str:
