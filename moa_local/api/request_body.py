@@ -67,6 +67,8 @@ def decode_json(body: bytes) -> Any:
         raise _too_deep(_deep_path(text)) from None
     except json.JSONDecodeError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    except ValueError:  # valid syntax Python will not read: an integer of more than 4,300 digits
+        raise _out_of_range(text) from None
     # The walk (Python) names the field; C-speed scans of the text decide whether it is needed.
     if _SUSPECT.search(text) or (text.count("[") + text.count("{") > MAX_DEPTH and _nested_too_deep(text)):
         _inspect(value)
@@ -150,3 +152,33 @@ def _too_deep(path: Path) -> InvalidRequest:
 
 def _dotted(path: Path) -> str:
     return ".".join(str(part) for part in path)
+
+
+
+class _LongInteger:
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+
+def _out_of_range(text: str) -> InvalidRequest:
+    """Name the integer too long for Python to read (parsed again, rare: only after such a failure)."""
+
+    def integer(literal: str) -> Any:
+        return int(literal) if len(literal) <= 4000 else _LongInteger(len(literal))
+
+    try:
+        value = json.loads(text, parse_int=integer)
+    except ValueError as exc:
+        return InvalidRequest(f"request body is not valid JSON: {exc}")
+    stack: list[tuple[Any, Path]] = [(value, ())]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, _LongInteger):
+            where = _dotted(path) or "body"
+            return InvalidRequest(f"{where}: an integer of {node.digits} digits is out of range",
+                                  param=_dotted(path) or None)  # fmt: skip
+        if isinstance(node, dict):
+            stack.extend((item, (*path, key)) for key, item in node.items())
+        elif isinstance(node, list):
+            stack.extend((item, (*path, i)) for i, item in enumerate(node))
+    return InvalidRequest("request body holds a number out of range")

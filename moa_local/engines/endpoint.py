@@ -177,18 +177,22 @@ class Endpoint:
                             raise StreamBroken(self.name, f"the engine sent an error: {error.get('message')}")
                         usage = chunk.get("usage")
                         if usage:
-                            trace.prompt_tokens = usage.get("prompt_tokens") or 0
-                            trace.completion_tokens = usage.get("completion_tokens") or 0
+                            prompt, completion = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
+                            if type(prompt) is not int or type(completion) is not int:
+                                raise StreamBroken(self.name, "the engine sent a malformed usage object")
+                            trace.prompt_tokens, trace.completion_tokens = prompt, completion
                         for choice in chunk.get("choices") or ():
                             index = choice.get("index", 0)
+                            content = (choice.get("delta") or {}).get("content")
+                            if type(index) is not int or not (content is None or type(content) is str):
+                                raise StreamBroken(self.name, "the engine sent a malformed chunk")
                             if choice.get("finish_reason") is not None and index < len(finish):
                                 finish[index] = choice["finish_reason"]
-                            text = (choice.get("delta") or {}).get("content")
-                            if text:
+                            if content:
                                 if trace.ttft_s is None:
                                     trace.ttft_s = time.perf_counter() - start
                                 started = True
-                                yield index, text
+                                yield index, content
                 finally:
                     await response.aclose()
                 if None in finish:

@@ -75,7 +75,6 @@ def answered(gw: GatewayServer) -> bool:
     return response.status_code == 200
 
 
-@pytest.mark.xfail(strict=True, reason="defect 4 of the hardening issue")
 def test_fault_a_body_sent_at_one_byte_a_second_is_counted_bounded_and_keeps_no_one_out(slow_stack: Stack) -> None:
     gw = slow_stack.gw
     body = json.dumps({"model": "mix", "messages": HELLO}).encode()
@@ -95,7 +94,6 @@ def test_fault_a_body_sent_at_one_byte_a_second_is_counted_bounded_and_keeps_no_
     assert slow_stack.p1.chat_bodies()  # the other client's request ran; the upload never reached an engine
 
 
-@pytest.mark.xfail(strict=True, reason="defect 5 of the hardening issue")
 def test_fault_streams_never_read_free_their_slots_and_engine_calls_at_the_cap(slow_stack: Stack) -> None:
     gw = slow_stack.gw
     slow_stack.agg.set(tokens=100_000)  # megabytes of events: far more than the socket buffers hold
