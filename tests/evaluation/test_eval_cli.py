@@ -198,4 +198,6 @@ def test_fault_a_rerun_with_other_settings_is_refused(tmp_path: Path, fake_engin
     base = ("eval", "--config", config, "--models", "a", "--suite", "mt-bench", "--judge", "j", "--out", out)
     assert invoke(*base, "--resamples", "100").returncode == 0
     message = one_error_line(invoke(*base, "--seed", "9"))
-    assert message == f"{out} holds an evaluation with seed=0, not 9: rerun with the same settings, or use another --out"
+    assert message == (
+        f"{out} holds an evaluation with seed=0, not 9: rerun with the same settings, or use another --out"
+    )
