@@ -167,28 +167,32 @@ def test_fault_unreachable_judge_is_one_error_line_before_anything_runs(
 def test_fault_eval_interrupted_resumes_and_asks_nothing_twice(
     tmp_path: Path, fake_engine: FakeEngineFactory, cache: Path
 ) -> None:
-    pytest.importorskip("lm_eval", reason="the ifeval suite needs the eval extra")
     a, h = fake_engine(model="a", reply=REPLY_A), fake_engine(model="h", hang=True)
-    config = write_config(tmp_path, {"a": a, "h": h}, [["a"]], aggregator="a", endpoint_settings=STEADY)
+    j = fake_engine(model="j", reply="Rating: [[6]]")
+    config = write_config(tmp_path, {"a": a, "h": h, "j": j}, [["a"]], aggregator="a", endpoint_settings=STEADY)
     out = tmp_path / "run"
-    args = ("eval", "--config", config, "--models", "a,h", "--suite", "ifeval", "--out", out, "--max-inflight", "4",
-            "--resamples", "200")  # fmt: skip
+    args = ("eval", "--config", config, "--models", "a,h", "--suite", "mt-bench", "--judge", "j", "--out", out,
+            "--max-inflight", "4", "--resamples", "200")  # fmt: skip
     process = start(*args)
-    wait_until(lambda: line_count(out / "answers" / "a.turn1.jsonl") == 7 and len(h.chat_bodies()) == 4,
-               "a's 7 answers, 4 of h's requests hanging", process)  # fmt: skip
+    wait_until(lambda: line_count(out / "answers" / "a.turn1.jsonl") == 3 and len(h.chat_bodies()) == 3,
+               "a's 3 first answers, h's 3 first turns hanging", process)  # fmt: skip
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=30)
     assert process.returncode == 130, (stdout, stderr)
     assert "Traceback" not in stderr and "resume with: moa-local eval --config" in stdout
-    calls_to_a = len(a.chat_bodies())
+    assert j.chat_bodies() == []  # the judge comes after every answer
 
     h.set(hang=False, reply=REPLY_B)
     result = invoke(*args)
     assert result.returncode == 0, (result.stdout, result.stderr)
-    assert len(a.chat_bodies()) == calls_to_a  # nothing answered was asked again
-    answered = [r["custom_id"] for r in records(out / "answers" / "h.turn1.jsonl")]
-    assert sorted(answered) == sorted(f"ifeval-{k}.t1" for k in range(1, 8))
-    assert results_of(out)["aggregate"]["h"]["metrics"]["prompt_strict"]["value"] == pytest.approx(100 * 2 / 7)
+    first_turns = [b for b in a.chat_bodies() if len(b["messages"]) == 1]
+    assert len(first_turns) == 3  # nothing answered was asked again
+    for model in ("a", "h"):
+        for turn in (1, 2):
+            answered = [r["custom_id"] for r in records(out / "answers" / f"{model}.turn{turn}.jsonl")]
+            assert sorted(answered) == [f"mt-bench-{q}.t{turn}" for q in (111, 81, 91)]
+    assert len(j.chat_bodies()) == 2 * 3 * 2
+    assert results_of(out)["aggregate"]["h"]["metrics"]["score"]["value"] == 6.0
 
 
 def test_fault_a_rerun_with_other_settings_is_refused(tmp_path: Path, fake_engine: FakeEngineFactory,
