@@ -48,7 +48,13 @@ BASE_PACKAGES = frozenset({"config"})
 # Distribution name -> import name, where they differ.
 IMPORT_NAMES = {"pyyaml": "yaml", "prometheus-client": "prometheus_client"}
 # Imported under `except ImportError:` -> the requirement (dependency or extra) that brings it.
-OPTIONAL_IMPORTS = {"uvloop": "uvicorn[standard]", "matplotlib": "matplotlib"}
+OPTIONAL_IMPORTS = {
+    "uvloop": "uvicorn[standard]",
+    "matplotlib": "matplotlib",
+    "lm_eval": "lm-eval",  # the `eval` extra
+    "nltk": "lm-eval",
+    "reasoning_gym": "reasoning-gym",
+}
 
 
 @dataclass(frozen=True)

