@@ -23,7 +23,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	@echo "==> installing moa-local into $(VENV)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev,bench]"
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev,bench,eval]"
 	@touch $@
 
 engine:
