@@ -244,7 +244,7 @@ async def test_engine_watch_samples_how_busy_each_engine_was(fake_engine: FakeEn
         async def samples(count: int, running: float) -> None:  # wait for them, however slow the machine
             async with asyncio.timeout(30):
                 while busy_engine.running.count(running) < count or len(quiet_engine.running) < 2 * count:
-                    await asyncio.sleep(0.01)  # noqa: ASYNC110  (polling the sampler's own list)
+                    await asyncio.sleep(0.01)
 
         body = {"model": "a", "messages": [{"role": "user", "content": "x"}], "max_tokens": 4}
         request = asyncio.create_task(client.post(f"{slow.base_url}/chat/completions", json=body, timeout=60))
