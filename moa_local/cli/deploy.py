@@ -46,9 +46,12 @@ def compose(config_path: str, out_path: str | None, node: str | None) -> None:
               help="Read each model from DIR/<model_path's last name> instead.")  # fmt: skip
 @click.option("--prompt-tokens", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Prompt size assumed when checking context windows against the mixtures.")  # fmt: skip
-def plan(config_path: str, gpu_memory: str, models_dir: str | None, prompt_tokens: int) -> None:
+@click.option("--k8s", "cluster", is_flag=True,
+              help="Plan it as `moa-local k8s` runs it: whole GPUs per pod, k8s.gpus_per_node per node.")  # fmt: skip
+def plan(config_path: str, gpu_memory: str, models_dir: str | None, prompt_tokens: int, cluster: bool) -> None:
     """Check that every served model fits its GPUs (weights, KV cache, context windows); exit 1 if not."""
     from moa_local.config import load_config
+    from moa_local.deploy.cluster_plan import make_cluster_plan, render_cluster_plan
     from moa_local.deploy.plan import make_plan, parse_size, render_plan
 
     config = load_config(config_path)
@@ -56,8 +59,13 @@ def plan(config_path: str, gpu_memory: str, models_dir: str | None, prompt_token
         memory = parse_size(gpu_memory)
     except ValueError as exc:
         raise click.ClickException(f"--gpu-memory: {exc}") from None
-    result = make_plan(config, gpu_memory_bytes=memory, models_dir=models_dir, prompt_tokens=prompt_tokens)
-    click.echo(render_plan(result, config_path), nl=False)
+    if cluster:
+        placed = make_cluster_plan(config, gpu_memory_bytes=memory, models_dir=models_dir, prompt_tokens=prompt_tokens)
+        result, text = placed.plan, render_cluster_plan(placed, config_path)
+    else:
+        result = make_plan(config, gpu_memory_bytes=memory, models_dir=models_dir, prompt_tokens=prompt_tokens)
+        text = render_plan(result, config_path)
+    click.echo(text, nl=False)
     if not result.fits:
         raise click.ClickException(f"{config_path}: {len(result.problems)} problem(s); see above")
 
