@@ -424,3 +424,11 @@ def test_every_gpu_profile_but_the_multi_host_ones_renders() -> None:
     with pytest.raises(ConfigError, match=r"endpoints\.qwen1\.5-72b\.base_url: Service 'gpu-node-1' is already"):
         render("paper-moa")
 
+
+def test_the_readmes_k8s_block_is_a_valid_config_block() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("\n## Deploying on Kubernetes\n") :]
+    block = re.search(r"```yaml\n(k8s:\n.*?)```", section, re.S)
+    assert block is not None, "the Kubernetes section shows the k8s: block"
+    config = parse_config("endpoints:\n  a: {base_url: 'http://vllm-a:8000/v1', model: m}\n" + block.group(1))
+    assert set(yaml.safe_load(block.group(1))["k8s"]) == set(type(config.k8s).model_fields) - {"prometheus_pod_labels"}
