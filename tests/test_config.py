@@ -109,7 +109,7 @@ def test_unknown_key_lists_the_allowed_keys(tmp_path: Path, old: str, new: str, 
 
 def test_unknown_top_level_key(tmp_path: Path) -> None:
     assert error_of(tmp_path, BASE + "gatway: {port: 1}\n") == (
-        "gatway: unknown key (allowed: compose, endpoints, gateway, mixtures)"
+        "gatway: unknown key (allowed: compose, endpoints, gateway, k8s, mixtures)"
     )
 
 

@@ -9,6 +9,7 @@ checks). Nothing after load reads raw dicts.
 from moa_local.config.loading import load_config, load_mixture, parse_config
 from moa_local.config.schema import (
     DEFAULT_BATCH_SHARE,
+    K8S_NAME_PATTERN,
     NAME_PATTERN,
     AgentConfig,
     AggregatorConfig,
@@ -17,6 +18,8 @@ from moa_local.config.schema import (
     Config,
     EndpointConfig,
     GatewayConfig,
+    K8sConfig,
+    K8sStorageConfig,
     LayerConfig,
     MixtureConfig,
     Name,
@@ -26,6 +29,7 @@ from moa_local.config.schema import (
 
 __all__ = [
     "DEFAULT_BATCH_SHARE",
+    "K8S_NAME_PATTERN",
     "NAME_PATTERN",
     "AgentConfig",
     "AggregatorConfig",
@@ -34,6 +38,8 @@ __all__ = [
     "Config",
     "EndpointConfig",
     "GatewayConfig",
+    "K8sConfig",
+    "K8sStorageConfig",
     "LayerConfig",
     "MixtureConfig",
     "Name",

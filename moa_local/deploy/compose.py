@@ -130,6 +130,11 @@ def _engine_services(config: Config, node: str | None) -> dict[str, dict[str, An
         serve = endpoint.serve
         if serve is None or serve.engine != "vllm" or serve.node != node:
             continue
+        if serve.nodes > 1:
+            raise ConfigError(
+                f"endpoints.{name}.serve.nodes: compose runs each engine on one node; run this one with "
+                "`moa-local k8s` (a LeaderWorkerSet) or a Ray cluster (README: Beyond one node)"
+            )
         service = service_name(name, endpoint, node)
         if service in services:
             raise ConfigError(f"endpoints.{name}.base_url: service '{service}' is already used by another endpoint")

@@ -1,7 +1,8 @@
 """The vLLM command line and environment for an endpoint's `serve` block.
 
-One source for both ways of starting an engine: bare-metal processes
-(`launcher.py`) and containers (`compose.py`), so the two cannot drift.
+One source for every way of starting an engine: bare-metal processes
+(`launcher.py`), containers (`compose.py`) and pods (`k8s/`), so they cannot
+drift.
 It builds arguments only; it starts nothing.
 """
 
@@ -40,6 +41,9 @@ def serve_flags(name: str, endpoint: EndpointConfig, *, host: str, port: int) ->
         flags.append("--enforce-eager")
     else:
         flags += ["--tensor-parallel-size", str(serve.tensor_parallel)]
+        if serve.nodes > 1:
+            # One server over several machines: vLLM's Ray executor, one pipeline stage per node.
+            flags += ["--pipeline-parallel-size", str(serve.pipeline_parallel), "--distributed-executor-backend", "ray"]
         if serve.gpu_memory_utilization is not None:
             flags += ["--gpu-memory-utilization", str(serve.gpu_memory_utilization)]
         if serve.kv_cache_memory_bytes is not None:

@@ -10,6 +10,12 @@ when free memory is below `--gpu-memory-utilization` of the total), tensor
 parallel sizes that do not divide the attention heads, and context windows too
 small for what the mixture sends (prompt + references + answer).
 
+A server spanning several nodes (`serve.nodes`) splits its layers into one
+pipeline stage per node, each stage tensor-parallel over that node's GPUs:
+its weights and KV cache per GPU are divided by both. With `cluster=True`
+(Kubernetes, see `cluster_plan.py`) every engine pod gets whole GPUs of its
+own, so GPUs shared on one host by index are no longer shared.
+
 The numbers are estimates: vLLM measures activations and CUDA graphs at start;
 `RUNTIME_OVERHEAD_BYTES` stands in for them. GPU indices are per node.
 """
@@ -19,6 +25,7 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,10 +57,12 @@ class ServerPlan:
     kv_budget_bytes: int  # KV cache on each GPU (or the CPU)
     max_model_len: int | None
     utilization: float | None  # --gpu-memory-utilization in force (GPU engines)
+    pipeline_parallel: int = 1  # nodes the server spans, one pipeline stage each
+    devices: str = ""  # how the table shows its GPUs
 
     @property
     def weight_bytes_per_device(self) -> int:
-        return math.ceil(self.weight_bytes / self.tensor_parallel)
+        return math.ceil(self.weight_bytes / (self.tensor_parallel * self.pipeline_parallel))
 
     @property
     def kv_tokens(self) -> int:
@@ -92,8 +101,12 @@ def make_plan(
     gpu_memory_bytes: int = DEFAULT_GPU_MEMORY,
     models_dir: str | Path | None = None,
     prompt_tokens: int = 1024,
+    cluster: bool = False,
 ) -> Plan:
-    """Plan every served endpoint; `models_dir` replaces the folder holding each model_path."""
+    """Plan every served endpoint; `models_dir` replaces the folder holding each model_path.
+
+    `cluster`: plan for Kubernetes, where each engine pod has its GPUs to itself.
+    """
     servers: list[ServerPlan] = []
     problems: list[str] = []
     shapes: dict[str, ModelShape] = {}
@@ -109,9 +122,11 @@ def make_plan(
             problems.append(f"{name}: cannot plan: {exc}")
             continue
         shapes[name] = shape
-        server = _server_plan(name, endpoint, shape, folder.name, gpu_memory_bytes)
+        server = _server_plan(name, endpoint, shape, folder.name, gpu_memory_bytes, cluster)
         servers.append(server)
         problems += [f"{name}: {problem}" for problem in _server_problems(server, shape, gpu_memory_bytes)]
+        if cluster or server.pipeline_parallel > 1:
+            continue  # its GPUs are its own: nothing else is placed on its pods or its nodes
         for gpu in server.gpus:
             claims[(server.node, gpu)].append((name, server.utilization or DEFAULT_UTILIZATION))
     for (node, gpu), users in sorted(claims.items()):
@@ -129,23 +144,31 @@ def make_plan(
     return Plan(gpu_memory_bytes, tuple(servers), frozen_claims, tuple(problems))
 
 
-def _server_plan(name: str, endpoint: EndpointConfig, shape: ModelShape, model: str, gpu_memory: int) -> ServerPlan:
+def _server_plan(
+    name: str, endpoint: EndpointConfig, shape: ModelShape, model: str, gpu_memory: int, cluster: bool
+) -> ServerPlan:
     serve = endpoint.serve
     assert serve is not None
-    tp = serve.tensor_parallel
+    tp, pp = serve.tensor_parallel, serve.pipeline_parallel
     weights = shape.weight_bytes(dtype=serve.dtype, quantization=serve.quantization)
-    kv_per_token = shape.kv_bytes_per_token(tensor_parallel=tp, kv_cache_dtype=serve.kv_cache_dtype)
+    kv_all_layers = shape.kv_bytes_per_token(tensor_parallel=tp, kv_cache_dtype=serve.kv_cache_dtype)
+    kv_per_token = math.ceil(kv_all_layers * math.ceil(shape.layers / pp) / shape.layers)  # the largest stage
     utilization: float | None = None
     if serve.engine == "vllm":
         utilization = serve.gpu_memory_utilization or DEFAULT_UTILIZATION
-        free_for_kv = int(utilization * gpu_memory) - math.ceil(weights / tp) - RUNTIME_OVERHEAD_BYTES
+        free_for_kv = int(utilization * gpu_memory) - math.ceil(weights / (tp * pp)) - RUNTIME_OVERHEAD_BYTES
         budget = serve.kv_cache_memory_bytes if serve.kv_cache_memory_bytes is not None else free_for_kv
     else:
         budget = (serve.kv_cache_gib or CPU_DEFAULT_KV_GIB) * GIB
+    if cluster:
+        node, devices = ("k8s pod" if pp == 1 else f"k8s, {pp} pods"), f"{tp} GPU" + ("s" if tp > 1 else "")
+    else:
+        node = serve.node or (LOCAL_NODE if pp == 1 else f"{pp} nodes")
+        devices = ",".join(str(g) for g in serve.gpus) if serve.gpus else "cpu"
     return ServerPlan(
         endpoint=name,
         engine=serve.engine,
-        node=serve.node or LOCAL_NODE,
+        node=node,
         gpus=serve.gpus,
         tensor_parallel=tp,
         model=model,
@@ -155,6 +178,8 @@ def _server_plan(name: str, endpoint: EndpointConfig, shape: ModelShape, model: 
         kv_budget_bytes=budget,
         max_model_len=serve.max_model_len or endpoint.context_window or shape.max_position,
         utilization=utilization,
+        pipeline_parallel=pp,
+        devices=devices,
     )
 
 
@@ -213,7 +238,7 @@ def _context_problems(
     return problems
 
 
-def render_plan(plan: Plan, source: str) -> str:
+def render_plan(plan: Plan, source: str, notes: Sequence[str] = ()) -> str:
     per_gpu = f" ({_gib(plan.gpu_memory_bytes)} per GPU)" if any(s.gpus for s in plan.servers) else ""
     lines = [f"Memory plan for {source}{per_gpu}", ""]
     rows = [_COLUMNS, *(_row(server) for server in plan.servers)]
@@ -226,6 +251,8 @@ def render_plan(plan: Plan, source: str) -> str:
             total = sum(fraction for _, fraction in users)
             names = ", ".join(f"{name} {fraction:g}" for name, fraction in users)
             lines.append(f"  {node} GPU {gpu}: {total:.2f} ({names})")
+    if notes:
+        lines += ["", *notes]
     lines.append("")
     if plan.fits:
         lines.append("Fits: no problems found.")
@@ -235,14 +262,14 @@ def render_plan(plan: Plan, source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-_COLUMNS: tuple[str, ...] = ("endpoint", "node", "devices", "TP", "model", "params", "weights/dev")
+_COLUMNS: tuple[str, ...] = ("endpoint", "node", "devices", "TPxPP", "model", "params", "weights/dev")
 _COLUMNS += ("KV/token/dev", "KV/dev", "KV-tokens", "max-len", "seqs")
 
 
 def _row(s: ServerPlan) -> tuple[str, ...]:
-    devices = ",".join(str(g) for g in s.gpus) if s.gpus else "cpu"
     seqs = f"{s.full_sequences:.1f}" if s.full_sequences is not None else "-"
-    model = (s.endpoint, s.node, devices, str(s.tensor_parallel), s.model, f"{s.params / 1e9:.2f}B")
+    parallel = str(s.tensor_parallel) + (f"x{s.pipeline_parallel}" if s.pipeline_parallel > 1 else "")
+    model = (s.endpoint, s.node, s.devices, parallel, s.model, f"{s.params / 1e9:.2f}B")
     kv = (f"{s.kv_bytes_per_token / 1024:.0f} KiB", _gib(max(0, s.kv_budget_bytes)), f"{s.kv_tokens:,}")
     return (*model, _gib(s.weight_bytes_per_device), *kv, str(s.max_model_len or "-"), seqs)
 
