@@ -242,9 +242,11 @@ async def test_engine_watch_samples_how_busy_each_engine_was(fake_engine: FakeEn
         busy_engine, quiet_engine = watch.engines
 
         async def samples(count: int, running: float) -> None:  # wait for them, however slow the machine
-            async with asyncio.timeout(30):
-                while busy_engine.running.count(running) < count or len(quiet_engine.running) < 2 * count:
-                    await asyncio.sleep(0.01)
+            for _ in range(3000):  # 30 s at most
+                if busy_engine.running.count(running) >= count and len(quiet_engine.running) >= 2 * count:
+                    return
+                await asyncio.sleep(0.01)
+            raise AssertionError(f"fewer than {count} samples of running={running} after 30 s")
 
         body = {"model": "a", "messages": [{"role": "user", "content": "x"}], "max_tokens": 4}
         request = asyncio.create_task(client.post(f"{slow.base_url}/chat/completions", json=body, timeout=60))
