@@ -9,6 +9,7 @@ all of them. A server mounted under a path prefix keeps the prefix.
 
 from __future__ import annotations
 
+from ipaddress import ip_address
 from urllib.parse import urlsplit
 
 
@@ -40,3 +41,17 @@ def default_port(url: str) -> int:
     """The URL's port, or its scheme's default."""
     parts = urlsplit(url)
     return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def is_ip(host: str) -> bool:
+    """Whether `host` is an IP address (v4 or v6) rather than a name."""
+    try:
+        ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost` or a loopback address: the machine (or container, or pod) itself."""
+    return host == "localhost" or (is_ip(host) and ip_address(host).is_loopback)

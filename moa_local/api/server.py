@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 
@@ -10,6 +9,7 @@ import uvicorn
 
 from moa_local.api.app import create_app
 from moa_local.config import Config
+from moa_local.urls import is_loopback
 
 logger = logging.getLogger("moa_local.gateway")
 
@@ -26,7 +26,7 @@ def run_gateway(
     for noisy in ("httpx", "httpx2", "openai"):  # one line per engine call or probe otherwise
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     keys_env = config.gateway.api_keys_env
-    if not (keys_env and os.environ.get(keys_env)) and not _is_loopback(host):
+    if not (keys_env and os.environ.get(keys_env)) and not is_loopback(host):
         logger.warning(
             "listening on %s without API keys: anyone who can reach this address can use every model "
             "(set %s to require a key)", host, keys_env or "gateway.api_keys_env",
@@ -37,12 +37,3 @@ def run_gateway(
         create_app(config), host=host, port=port, log_level=log_level, access_log=False,
         timeout_graceful_shutdown=10,
     )  # fmt: skip
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

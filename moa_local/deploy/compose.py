@@ -27,7 +27,6 @@ Two shapes:
 from __future__ import annotations
 
 import re
-from ipaddress import ip_address
 from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
@@ -38,6 +37,7 @@ from moa_local.config import Config, EndpointConfig
 from moa_local.deploy.engine_args import OFFLINE_ENV, serve_flags
 from moa_local.deploy.prometheus_config import prometheus_config
 from moa_local.errors import ConfigError
+from moa_local.urls import is_ip, is_loopback
 
 MODELS_DIR = "/models"  # where model folders appear inside engine containers
 CONFIG_TARGET = "/config/config.yaml"  # where the gateway container reads its config
@@ -99,7 +99,7 @@ def service_name(name: str, endpoint: EndpointConfig, node: str | None) -> str:
     if node is not None:
         return f"vllm-{_slug(name)}"
     host = urlsplit(endpoint.base_url).hostname or ""
-    if not _SERVICE_NAME.match(host) or host == "localhost" or _is_ip(host):
+    if not _SERVICE_NAME.match(host) or host == "localhost" or is_ip(host):
         raise ConfigError(
             f"endpoints.{name}.base_url: compose runs this engine as a service reached by name; "
             f"use http://<service>:<port>/v1, e.g. http://vllm-{_slug(name)}:8000/v1 (got {endpoint.base_url!r})"
@@ -116,7 +116,7 @@ def _check_reachable(config: Config) -> None:
                 f"start '{endpoint.serve.engine}' engines with `moa-local up`"
             )
         host = urlsplit(endpoint.base_url).hostname or ""
-        if host == "localhost" or (_is_ip(host) and ip_address(host).is_loopback):
+        if is_loopback(host):
             raise ConfigError(
                 f"endpoints.{name}.base_url: {host} inside the gateway container is the container itself; "
                 "name a compose service or another host"
@@ -268,11 +268,3 @@ def _bind(source: str, target: str) -> dict[str, Any]:
 
 def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9_-]+", "-", name.lower()).strip("-") or "engine"
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ip_address(host)
-    except ValueError:
-        return False
-    return True

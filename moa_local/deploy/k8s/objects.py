@@ -10,7 +10,6 @@ raises `ConfigError` naming the key otherwise.
 from __future__ import annotations
 
 import re
-from ipaddress import ip_address
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,6 +17,7 @@ import yaml
 
 from moa_local.config import K8S_NAME_PATTERN, Config, EndpointConfig
 from moa_local.errors import ConfigError
+from moa_local.urls import is_loopback
 
 APP = "moa-local"
 GATEWAY = "moa-local-gateway"
@@ -83,7 +83,7 @@ def check_config(config: Config) -> dict[str, str]:
                 f"start '{serve.engine}' engines with `moa-local up`"
             )
         host = urlsplit(endpoint.base_url).hostname or ""
-        if host == "localhost" or (_is_ip(host) and ip_address(host).is_loopback):
+        if is_loopback(host):
             raise ConfigError(
                 f"endpoints.{name}.base_url: {host} inside the gateway's pod is the pod itself; "
                 "name a Service or another host"
@@ -119,11 +119,3 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
 
 
 _Dumper.add_representer(str, _represent_str)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ip_address(host)
-    except ValueError:
-        return False
-    return True
