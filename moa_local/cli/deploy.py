@@ -35,10 +35,7 @@ def compose(config_path: str, out_path: str | None, node: str | None) -> None:
     if out_path is None:
         click.echo(text, nl=False)
         return
-    try:
-        Path(out_path).write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise click.ClickException(f"{out_path}: cannot write ({exc.strerror})") from None
+    _write(out_path, text)
     click.echo(f"wrote {out_path}", err=True)
 
 
@@ -131,7 +128,12 @@ def prometheus_config_command(
     if output is None:
         click.echo(text, nl=False)
         return
+    _write(output, text)
+
+
+def _write(path: str, text: str) -> None:
+    """Write a rendered file; an unwritable path is one line, not a traceback."""
     try:
-        Path(output).write_text(text, encoding="utf-8")
+        Path(path).write_text(text, encoding="utf-8")
     except OSError as exc:
-        raise click.ClickException(f"{output}: cannot write ({exc.strerror})") from None
+        raise click.ClickException(f"{path}: cannot write ({exc.strerror})") from None
