@@ -115,6 +115,11 @@ class EndpointConfig(_Frozen):
             raise ValueError("must be an http(s) URL like http://127.0.0.1:8000/v1")
         return value.rstrip("/")
 
+    @property
+    def accepts_seed(self) -> bool:
+        """False for vLLM's CPU build, whose engine dies on a seeded request prefilled in chunks (see endpoint.py)."""
+        return self.serve is None or self.serve.engine != "vllm-cpu"
+
     def resolved_api_key(self) -> str:
         if self.api_key:
             return self.api_key

@@ -150,13 +150,19 @@ class Endpoint:
         # (that wait is bounded by the request's own deadline). `start` is the call's, for its TTFT.
         deadline = time.perf_counter() + self.config.timeout_s
         finish = trace.finish_reasons
+        params = sampling.body()
+        if not self.config.accepts_seed:
+            # vLLM's CPU build (0.32) rewinds a seeded request's generator with `set_offset` when it drops
+            # the token sampled after a partial (chunked) prefill; torch's CPU generator has no offset, so
+            # the engine core dies and every call in flight fails. The GPU build is not affected.
+            params.pop("seed", None)
         body = json.dumps(
             {
                 "model": self.config.model,
                 "messages": messages,
                 "stream": True,
                 "stream_options": {"include_usage": True},
-                **sampling.body(),
+                **params,
             },
             ensure_ascii=False,
         ).encode(errors="replace")  # a lone surrogate from an engine's answer, passed on as a reference, becomes '?'
