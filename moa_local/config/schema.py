@@ -9,34 +9,28 @@ endpoint exists, `min_ok` is reachable) are `loading.py`'s.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from moa_local.config.deployment import ComposeConfig, K8sConfig
+from moa_local.config.frozen import Frozen
 from moa_local.paths import cache_root
 from moa_local.urls import default_port
 
 DEFAULT_BATCH_SHARE = 0.5  # gateway.batch_share
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
-K8S_NAME_PATTERN = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"  # a DNS-1035 label: Service and namespace names
-_LABEL_VALUE = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
-_DNS_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class CircuitConfig(_Frozen):
+class CircuitConfig(Frozen):
     failures: int = Field(5, ge=1)  # consecutive failures that open the circuit
     cooldown_s: float = Field(30.0, gt=0)  # skipped this long, then probed again
 
 
-class ServeConfig(_Frozen):
+class ServeConfig(Frozen):
     """How `moa-local up` (bare metal) or `moa-local compose` starts the engine."""
 
     engine: Literal["vllm-cpu", "vllm"]
@@ -90,7 +84,7 @@ class ServeConfig(_Frozen):
         return self.nodes
 
 
-class EndpointConfig(_Frozen):
+class EndpointConfig(Frozen):
     base_url: str
     model: str  # the served model name
     api_key: str | None = Field(None, repr=False)  # may be "${VAR}"; kept out of reprs and logs
@@ -132,7 +126,7 @@ class EndpointConfig(_Frozen):
         return default_port(self.base_url)
 
 
-class SamplingConfig(_Frozen):
+class SamplingConfig(Frozen):
     endpoint: str
     temperature: float = Field(0.7, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
@@ -148,7 +142,7 @@ class AggregatorConfig(SamplingConfig):
     pass
 
 
-class LayerConfig(_Frozen):
+class LayerConfig(Frozen):
     agents: tuple[AgentConfig, ...] = Field(min_length=1)
     min_ok: int = Field(1, ge=1)
     deadline_s: float | None = Field(None, gt=0)
@@ -158,7 +152,7 @@ class LayerConfig(_Frozen):
         return sum(agent.n for agent in self.agents)
 
 
-class MixtureConfig(_Frozen):
+class MixtureConfig(Frozen):
     layers: tuple[LayerConfig, ...] = Field(min_length=1)
     aggregator: AggregatorConfig
     reference_prompt: str | None = None
@@ -166,7 +160,7 @@ class MixtureConfig(_Frozen):
     description: str | None = None
 
 
-class GatewayConfig(_Frozen):
+class GatewayConfig(Frozen):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     api_keys_env: str | None = "MOA_API_KEYS"  # comma-separated keys; unset variable = no auth
@@ -189,111 +183,9 @@ class GatewayConfig(_Frozen):
         return Path(self.data_dir) if self.data_dir else cache_root() / "gateway"
 
 
-class ComposeConfig(_Frozen):
-    """How `moa-local compose` writes the Docker Compose file (GPU deployment)."""
-
-    vllm_image: str = "vllm/vllm-openai:v0.33.0"  # pinned; a serve block's `image` overrides it
-    gateway_image: str = "moa-local-gateway:latest"  # built from the repository's Dockerfile
-    prometheus_image: str = "prom/prometheus:v3.5.0"
-    grafana_image: str = "grafana/grafana:12.0.2"
-    publish_host: str = "127.0.0.1"  # host address the gateway and Grafana publish on
-    gateway_port: int | None = Field(None, ge=1, le=65535)  # host port; None = gateway.port
-    grafana_port: int = Field(3000, ge=1, le=65535)
-    engine_start_period_s: int = Field(1800, ge=60)  # health grace while weights load
-
-
-def _k8s_name(value: str) -> str:
-    if not re.fullmatch(K8S_NAME_PATTERN, value):
-        raise ValueError("must be a Kubernetes name: up to 63 lowercase letters, digits and '-', from a letter on")
-    return value
-
-
-K8sName = Annotated[str, AfterValidator(_k8s_name)]
-
-
-def _check_label(key: str, value: str) -> None:
-    prefix, _, name = key.rpartition("/")
-    if (prefix and not re.fullmatch(_DNS_SUBDOMAIN, prefix)) or not re.fullmatch(_LABEL_VALUE, name):
-        raise ValueError(f"{key!r} is not a Kubernetes label key")
-    if value and not re.fullmatch(_LABEL_VALUE, value):
-        raise ValueError(f"{value!r} (label {key!r}) is not a Kubernetes label value")
-
-
-class K8sStorageConfig(_Frozen):
-    """Where engine pods read the model folders (read-only), each named as its model_path's last part."""
-
-    claim: K8sName | None = None  # a PersistentVolumeClaim holding the folders
-    host_path: str | None = None  # or a folder holding them on every GPU node
-
-    @field_validator("host_path")
-    @classmethod
-    def _absolute(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith("/"):
-            raise ValueError("must be an absolute path")
-        return value
-
-    @model_validator(mode="after")
-    def _one_source(self) -> K8sStorageConfig:
-        if (self.claim is None) == (self.host_path is None):
-            raise ValueError("set exactly one of 'claim' (a PersistentVolumeClaim) and 'host_path'")
-        return self
-
-
-class K8sConfig(_Frozen):
-    """How `moa-local k8s` writes the Kubernetes manifests; the images and engine start period come from `compose`."""
-
-    namespace: K8sName = "moa-local"
-    storage: K8sStorageConfig = K8sStorageConfig(claim="moa-local-models")
-    node_selector: dict[str, str] = {}  # engine pods' nodeSelector, e.g. {nvidia.com/gpu.product: NVIDIA-H100...}
-    gpus_per_node: int = Field(8, ge=1)  # GPUs of one node: an engine pod cannot ask for more (`plan --k8s`)
-    gateway_replicas: int = Field(2, ge=1)
-    gateway_max_replicas: int | None = Field(None, ge=1)  # the autoscaler's ceiling; None = twice gateway_replicas
-    gateway_cpu_target: int = Field(70, ge=10, le=100)  # the autoscaler's target average CPU use, percent
-    secret: K8sName = "moa-local"  # the gateway's API keys and the config's ${VAR}s
-    shm_size: str = "16Gi"  # /dev/shm of each engine pod (in memory)
-    # Labels your Prometheus selects ServiceMonitors, PodMonitors and PrometheusRules by
-    # (kube-prometheus-stack: {release: <its release name>}).
-    monitoring_labels: dict[str, str] = {}
-    prometheus_namespace: K8sName = "monitoring"  # where Prometheus runs
-    prometheus_pod_labels: dict[str, str] = {"app.kubernetes.io/name": "prometheus"}
-    grafana_dashboard_label: str = "grafana_dashboard"  # the label Grafana's dashboard sidecar watches (value "1")
-
-    @field_validator("node_selector", "monitoring_labels", "prometheus_pod_labels")
-    @classmethod
-    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, item in value.items():
-            _check_label(key, item)
-        return value
-
-    @field_validator("shm_size")
-    @classmethod
-    def _quantity(cls, value: str) -> str:
-        if not re.fullmatch(r"[1-9][0-9]*(Ki|Mi|Gi|Ti)", value):
-            raise ValueError("must be a size in binary units, like 16Gi")
-        return value
-
-    @field_validator("grafana_dashboard_label")
-    @classmethod
-    def _label_key(cls, value: str) -> str:
-        _check_label(value, "1")
-        return value
-
-    @model_validator(mode="after")
-    def _replicas(self) -> K8sConfig:
-        if self.gateway_max_replicas is not None and self.gateway_max_replicas < self.gateway_replicas:
-            raise ValueError(
-                f"gateway_max_replicas {self.gateway_max_replicas} is below gateway_replicas {self.gateway_replicas}"
-            )
-        return self
-
-    @property
-    def max_replicas(self) -> int:
-        return self.gateway_max_replicas or 2 * self.gateway_replicas
-
-
-class Config(_Frozen):
+class Config(Frozen):
     endpoints: dict[Name, EndpointConfig] = Field(min_length=1)
-    mixtures: dict[Name, MixtureConfig] = {}
+    mixtures: dict[Name, MixtureConfig] = Field(default_factory=dict)
     gateway: GatewayConfig = GatewayConfig()
     compose: ComposeConfig = ComposeConfig()
     k8s: K8sConfig = K8sConfig()
