@@ -138,8 +138,17 @@ class AgentConfig(SamplingConfig):
     n: int = Field(1, ge=1, le=16)  # samples in one request (Self-MoA)
 
 
+AggregatorStart = Literal["after_layers", "early", "staircase"]
+
+
 class AggregatorConfig(SamplingConfig):
-    pass
+    # When the aggregator starts: once the last layer is done (the paper's MoA); once every live proposer of the
+    # last layer has written `chunk_tokens` (early); or then already, in steps that take in the proposals as they
+    # keep streaming (staircase).
+    start: AggregatorStart = "after_layers"
+    chunk_tokens: int = Field(32, ge=1)  # early, staircase: tokens of each live proposal before aggregating
+    step_tokens: int = Field(64, ge=1)  # staircase: aggregator tokens per step before it takes in newer chunks
+    start_after_s: float | None = Field(None, gt=0)  # early, staircase: or start with what arrived after this long
 
 
 class LayerConfig(Frozen):
