@@ -77,7 +77,8 @@ def test_trailing_slash_of_base_url_is_dropped(tmp_path: Path) -> None:
             "model: q}",
             "model: q, timout_s: 3}",
             "endpoints.qwen.timout_s: unknown key (allowed: api_key, api_key_env, base_url, circuit, "
-            "connect_timeout_s, context_window, max_concurrency, max_retries, model, serve, timeout_s)",
+            "connect_timeout_s, context_window, continues_final_message, max_concurrency, max_retries, model, serve, "
+            "timeout_s)",
         ),
         (
             "{endpoint: smollm2}",
@@ -93,7 +94,8 @@ def test_trailing_slash_of_base_url_is_dropped(tmp_path: Path) -> None:
         (
             "aggregator: {endpoint: qwen}",
             "aggregator: {endpoint: qwen, n: 2}",
-            "mixtures.moa.aggregator.n: unknown key (allowed: endpoint, max_tokens, system_prompt, temperature, top_p)",
+            "mixtures.moa.aggregator.n: unknown key (allowed: chunk_tokens, endpoint, max_tokens, start, "
+            "start_after_s, step_tokens, system_prompt, temperature, top_p)",
         ),
         (
             "model: q}",

@@ -3,7 +3,8 @@
 `load_config(path)` reads the file, expands `${VAR}` and `${VAR:-default}`
 in every string value (an unset variable without a default is an error),
 validates every key, checks cross-references (an agent's endpoint exists,
-`min_ok` is reachable, names do not collide) and raises `ConfigError` whose
+`min_ok` is reachable, names do not collide, a `staircase` aggregator's
+endpoint continues a final assistant message) and raises `ConfigError` whose
 message names the file, the dotted key path and the bad value. Nothing after
 load reads raw dicts. The models themselves are `schema.py`'s.
 
@@ -23,7 +24,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from moa_local.config.schema import Config, MixtureConfig
+from moa_local.config.schema import Config, EndpointConfig, MixtureConfig
 from moa_local.errors import ConfigError
 
 # $${ (a literal "${"), or ${VAR} or ${VAR:-default}
@@ -165,12 +166,25 @@ def _check_references(config: Config, source: str) -> None:
                 problems.append(
                     f"{base}.layers.{i}.min_ok: {layer.min_ok} is more than the layer's {layer.samples} samples"
                 )
-        if mixture.aggregator.endpoint not in config.endpoints:
+        aggregator = config.endpoints.get(mixture.aggregator.endpoint)
+        if aggregator is None:
             problems.append(
                 f"{base}.aggregator.endpoint: unknown endpoint '{mixture.aggregator.endpoint}' (known: {known})"
             )
+        elif mixture.aggregator.start == "staircase" and not aggregator.can_continue_final_message:
+            problems.append(_no_continuation(base, mixture.aggregator.endpoint, aggregator))
     for name, endpoint in config.endpoints.items():
         if endpoint.api_key_env and endpoint.api_key:
             problems.append(f"endpoints.{name}: set either api_key or api_key_env, not both")
     if problems:
         raise ConfigError("\n".join(f"{source}: {problem}" for problem in problems))
+
+
+def _no_continuation(base: str, name: str, endpoint: EndpointConfig) -> str:
+    """`start: staircase` on an aggregator endpoint that cannot continue its own answer: say why, and the fix."""
+    head = f"{base}.aggregator.start: staircase needs an endpoint that continues a final assistant message"
+    if endpoint.continues_final_message is False:
+        return f"{head}; '{name}' does not (endpoints.{name}.continues_final_message is false)"
+    return (
+        f"{head}; '{name}' is not known to (set endpoints.{name}.continues_final_message: true if it is a vLLM server)"
+    )

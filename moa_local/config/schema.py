@@ -21,6 +21,7 @@ from moa_local.paths import cache_root
 from moa_local.urls import default_port
 
 DEFAULT_BATCH_SHARE = 0.5  # gateway.batch_share
+CONTINUING_ENGINES = frozenset({"vllm-cpu", "vllm"})  # serve.engine values that continue a final assistant message
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 
@@ -96,6 +97,9 @@ class EndpointConfig(Frozen):
     context_window: int | None = Field(None, ge=16)  # tokens; None = not guarded here
     circuit: CircuitConfig = CircuitConfig()
     serve: ServeConfig | None = None
+    # Whether the server continues a final assistant message (vLLM's `continue_final_message`), which the
+    # aggregator's `start: staircase` needs; None = known from `serve.engine`, else unknown (taken as no).
+    continues_final_message: bool | None = None
 
     @field_validator("base_url")
     @classmethod
@@ -113,6 +117,14 @@ class EndpointConfig(Frozen):
     def accepts_seed(self) -> bool:
         """False for vLLM's CPU build, whose engine dies on a seeded request prefilled in chunks (see endpoint.py)."""
         return self.serve is None or self.serve.engine != "vllm-cpu"
+
+    @property
+    def can_continue_final_message(self) -> bool:
+        """`continues_final_message` if set; else True for the engines `serve` starts (vLLM's GPU and CPU builds
+        take `continue_final_message` with `add_generation_prompt: false` on /v1/chat/completions); else False."""
+        if self.continues_final_message is not None:
+            return self.continues_final_message
+        return self.serve is not None and self.serve.engine in CONTINUING_ENGINES
 
     def resolved_api_key(self) -> str:
         if self.api_key:
