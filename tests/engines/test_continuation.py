@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from moa_local.engines.continuation import judge
+from moa_local.engines.continuation import CONTINUE_PARAMS, PROBE_MAX_TOKENS, PROBE_MESSAGES, judge
 
 
 @pytest.mark.parametrize(
@@ -25,3 +25,15 @@ from moa_local.engines.continuation import judge
 )
 def test_the_verdict_rule(text: str, verdict: str) -> None:
     assert judge(text) == verdict
+
+
+def test_the_probe_is_the_request_checked_by_hand_on_the_cpu_engine() -> None:
+    """tests/e2e/test_continuation_engine.py sends the probe's request; this is the one checked by hand."""
+    assert (PROBE_MESSAGES, CONTINUE_PARAMS, PROBE_MAX_TOKENS) == (
+        [
+            {"role": "user", "content": "Count from 1 to 20, separated by spaces."},
+            {"role": "assistant", "content": "1 2 3 4 5"},
+        ],
+        {"continue_final_message": True, "add_generation_prompt": False},
+        16,
+    )
