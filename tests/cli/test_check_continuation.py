@@ -134,3 +134,16 @@ def test_fault_check_does_not_probe_an_endpoint_that_is_down(tmp_path: Path, fak
         f"  continuation p: RESTARTS instead of continuing a final assistant message (it answered {RESTARTS!r})"
     ]  # p's config makes no claim and no staircase mixture aggregates on it: shown, not a failure of its own
     assert result.stderr.strip() == "Error: some endpoints are down (see above)"
+
+
+def test_fault_check_flag_names_a_declaration_the_probe_contradicts(
+    tmp_path: Path, fake_engine: FakeEngineFactory
+) -> None:
+    servers = {"p": fake_engine(model="p", reply=RESTARTS), "agg": fake_engine(model="agg", reply=CONTINUES)}
+    config = write_config(tmp_path, servers, start="after_layers", agg={"continues_final_message": False})
+    result = invoke("check", "--config", config, "--probe-continuation")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-2] == (
+        f"  continuation agg: continues a final assistant message (it answered {CONTINUES!r}); "
+        "the config says it cannot (endpoints.agg.continues_final_message: false)"
+    )
