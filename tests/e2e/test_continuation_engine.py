@@ -29,7 +29,7 @@ def test_continue_final_message_continues_rather_than_restarts(cpu_stack: CpuSta
     )  # fmt: skip
     text = reply.choices[0].message.content or ""
     print(f"\nqwen continued '1 2 3 4 5' with {text!r}")
-    assert text == " 6 7 8 9 10 11 1"
+    assert text.lstrip().startswith("6 7 8"), text  # greedy: the count goes on where the prefix ends
     assert judge(text) == "continues"
     assert reply.choices[0].message.role == "assistant"  # the role of the message it continued
 
