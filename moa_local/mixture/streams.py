@@ -118,6 +118,7 @@ class ProposalStreams:
                 await asyncio.wait_for(self._changed.wait(), timeout)
         self.trace.proposals_used = with_text
         if with_text < self.layer.min_ok:
+            await self.aclose()  # the agents still streaming end as cancelled, as the error then says
             self.trace.duration_s = time.perf_counter() - self.started_at
             self.metrics.observe_layer(self.model, self.trace.index, self.trace.duration_s, with_text, False)
             raise shortfall(self.model, self.trace, self.layer.min_ok)
