@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from moa_local.config import MixtureConfig
 from moa_local.errors import DeadlineError, QuorumError
 from moa_local.metrics import Metrics
-from moa_local.mixture.events import Done, Event, LayerDone, Proposal, Token
+from moa_local.mixture.events import Done, Event, Proposal, Token
 from moa_local.mixture.pipeline import Pipeline
 from moa_local.mixture.references import Message
 from moa_local.mixture.spec import Overrides, RunSpec, Sampling
@@ -32,7 +32,9 @@ def mixture(*agents: str | dict[str, Any], layer: dict[str, Any] | None = None, 
     return MixtureConfig.model_validate(
         {
             "layers": [{"agents": [{"endpoint": a} if isinstance(a, str) else a for a in agents], **(layer or {})}],
-            "aggregator": {"endpoint": "agg", "temperature": 0.3, "max_tokens": 100, "start": "staircase", **aggregator},
+            "aggregator": {
+                "endpoint": "agg", "temperature": 0.3, "max_tokens": 100, "start": "staircase", **aggregator,
+            },
             **options,
         }
     )
@@ -107,7 +109,7 @@ async def test_staircase_steps_continue_the_answer_over_a_growing_append_only_lo
         *USER,
     ]
     assert step1.sampling == Sampling(temperature=0.3, max_tokens=2)
-    assert "continue_final_message" not in step1.sampling.body() and "add_generation_prompt" not in step1.sampling.body()
+    assert not {"continue_final_message", "add_generation_prompt"} & step1.sampling.body().keys()
     step1.push(*words("X1 X2"))
     await fed(step1, 2)
     a.push(piece(" A4"), end())

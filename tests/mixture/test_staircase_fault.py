@@ -9,10 +9,12 @@ each disconnect).
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from moa_local.config import EndpointConfig, MixtureConfig
@@ -23,9 +25,12 @@ from moa_local.mixture.pipeline import Pipeline
 from moa_local.mixture.references import Message
 from moa_local.mixture.spec import RunSpec
 from tests.support.calls import until, value
+from tests.support.gateway_fixtures import fake_config
+from tests.support.gateway_fixtures import mixture as mixture_config
 
 if TYPE_CHECKING:
     from tests.support.fake_fixtures import FakeServer
+    from tests.support.gateway_fixtures import GatewayFactory
 
 USER: list[Message] = [{"role": "user", "content": "say something"}]
 SLOW = {"tokens": 1000, "token_delay_ms": 20.0}  # a proposer that streams for 20 s unless it is cut
@@ -78,7 +83,7 @@ async def test_fault_staircase_steps_reach_the_fake_engine_as_continuations(fake
     assert [body["max_tokens"] for body in bodies] == [4, 4, 4, 4]
     assert "continue_final_message" not in bodies[0] and "add_generation_prompt" not in bodies[0]
     answer = ""
-    for before, body in zip(bodies, bodies[1:], strict=False):
+    for before, body in itertools.pairwise(bodies):
         answer += "agg says: w1 w2"  # each step ends at its 4 tokens (the fake starts each reply afresh)
         assert (body["continue_final_message"], body["add_generation_prompt"]) == (True, False)
         assert body["messages"][1:] == [*USER, {"role": "assistant", "content": answer}]
@@ -125,3 +130,28 @@ async def test_fault_disconnect_during_a_step_cancels_every_upstream_call(fake_e
     for name, role in (("a", "proposer"), ("b", "proposer"), ("agg", "aggregator")):
         assert value(metrics, "moa_agent_calls_total", endpoint=name, role=role, outcome="cancelled") == 1
     assert value(metrics, "moa_requests_total", mixture="moa", outcome="cancelled") == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_fault_the_gateway_answers_a_staircase_mixture_unchanged(
+    fake_engine: Any, gateway_server: GatewayFactory, stream: bool
+) -> None:
+    """The API consumes the same events: one answer across the steps, streamed or whole, with the trace."""
+    servers = {"a": fake_engine(model="a", **SLOW), "agg": fake_engine(model="agg", tokens=10)}
+    aggregator = {"endpoint": "agg", "max_tokens": 8, "start": "staircase", "chunk_tokens": 2, "step_tokens": 4}
+    gw = gateway_server(fake_config(servers, {"mix": mixture_config(["a"], aggregator)}))
+    client = gw.client()
+    extra = {"moa": {"trace": True}}
+    if stream:
+        chunks = list(client.chat.completions.create(model="mix", messages=USER, stream=True, extra_body=extra))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        trace = (chunks[-1].model_extra or {})["moa"]
+    else:
+        reply = client.chat.completions.create(model="mix", messages=USER, extra_body=extra)
+        text, finish = reply.choices[0].message.content or "", [reply.choices[0].finish_reason]
+        trace = (reply.model_extra or {})["moa"]
+    assert text == "agg says: w1 w2agg says: w1 w2" and finish == ["length"]  # two steps of 4 tokens
+    assert trace["start"] == "staircase" and [step["index"] for step in trace["steps"]] == [1, 2]
+    assert trace["aggregator"]["completion_tokens"] == 8
+    servers["a"].wait_for_event("disconnect")  # the proposer, cut when the answer ended
