@@ -154,6 +154,9 @@ class ProposalStreams:
             task.cancel()
         if live:
             await asyncio.wait(live)
+        for task in self._tasks:  # retrieved, so that a failed request logs no "never retrieved" task
+            if not task.cancelled():
+                task.exception()
 
     async def _consume(self, stream: AsyncGenerator[tuple[int, str], None], samples: list[SampleStream]) -> None:
         try:
@@ -164,6 +167,8 @@ class ProposalStreams:
                         self._changed.set()
             for sample in samples:
                 sample.complete = True
+        except BackendError:
+            pass  # the agent failed: its trace says how, and its samples keep what they streamed
         finally:
             for sample in samples:
                 sample.done = True
@@ -184,7 +189,5 @@ class ProposalStreams:
     def _raise_bug(self) -> None:
         """A refused prompt or a bug in an agent's task is not an agent failure: it ends the request."""
         for task in self._tasks:
-            if task.done() and not task.cancelled():
-                error = task.exception()
-                if error is not None and not isinstance(error, BackendError):
-                    raise error
+            if task.done() and not task.cancelled() and (error := task.exception()) is not None:
+                raise error

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from moa_local.config import MixtureConfig
-from moa_local.errors import DeadlineError, QuorumError
+from moa_local.errors import DeadlineError, InvalidRequest, QuorumError
 from moa_local.metrics import Metrics
 from moa_local.mixture.events import Done, Event, Proposal, Token
 from moa_local.mixture.pipeline import Pipeline
@@ -44,13 +44,14 @@ class Run:
     """The pipeline running in a task of its own, its events collected as they come."""
 
     def __init__(
-        self, caller: ScriptedCaller, spec: MixtureConfig | RunSpec, metrics: Metrics | None = None
+        self, caller: ScriptedCaller, spec: MixtureConfig | RunSpec, metrics: Metrics | None = None,
+        conversation: list[Message] = USER,
     ) -> None:  # fmt: skip
         if isinstance(spec, MixtureConfig):
             spec = RunSpec.for_mixture("moa", spec)
         self.metrics = metrics or Metrics(CollectorRegistry())
         self.events: list[Event] = []
-        self.task = asyncio.create_task(self._drain(Pipeline(caller, self.metrics).run(spec, USER)))
+        self.task = asyncio.create_task(self._drain(Pipeline(caller, self.metrics).run(spec, conversation)))
 
     async def _drain(self, events: Any) -> None:
         async with aclosing(events):
@@ -379,3 +380,32 @@ def test_the_log_only_grows_at_its_end_and_marks_what_is_complete() -> None:
         "Answer 1 (so far): Hello there", "Answer 1 (complete)", "Answer 2 (so far): Hi", "Answer 2 (continued): again",
     ]  # fmt: skip
     assert log.answers == 2
+
+
+async def test_earlier_layers_run_whole_and_only_the_last_one_streams_into_the_aggregator() -> None:
+    caller = ScriptedCaller(replies={"p": [[*words("P1 P2"), end()]], "q": [[piece("Q1"), end()]]})
+    config = MixtureConfig.model_validate(
+        {
+            "layers": [{"agents": [{"endpoint": "p"}, {"endpoint": "q"}]}, {"agents": [{"endpoint": "a"}]}],
+            "aggregator": {"endpoint": "agg", "max_tokens": 100, "start": "early", "chunk_tokens": 1},
+        }
+    )
+    run = Run(caller, config)
+    a = await caller.call("a")
+    assert a.system.endswith("\n1. P1 P2\n2. Q1")  # layer 1's whole answers, numbered as always
+    a.push(piece("A1"))
+    agg = await caller.call("agg")
+    assert agg.system == f"{HEAD}\nAnswer 1 (so far): A1"
+    agg.push(piece("X"), end())
+    done = await run.done()
+    kinds = run.kinds()
+    assert sorted(kinds[:2]) == ["Proposal p", "Proposal q"]
+    assert kinds[2:] == ["LayerDone", "Proposal a", "LayerDone", "Done"]
+    assert [layer.proposals_used for layer in done.trace.layers] == [2, 1]
+
+
+async def test_a_proposal_refused_for_its_own_window_fails_the_request() -> None:
+    caller = ScriptedCaller(windows={"a": 64})
+    with pytest.raises(InvalidRequest, match="endpoint 'a' has a context window of 64 tokens"):
+        await Run(caller, mixture("a", "b"), conversation=[{"role": "user", "content": "x" * 600}]).done()
+    assert [c.endpoint for c in caller.calls] == ["b"] and caller.calls[0].cancelled
