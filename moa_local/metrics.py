@@ -145,8 +145,7 @@ class Metrics:
             self.request_duration.labels(mixture)
             self.ttft.labels(mixture)
             self.overhead.labels(mixture)
-            mixture_config = config.mixtures.get(mixture)
-            if mixture_config is not None and mixture_config.aggregator.start != "after_layers":
+            if mixture in config.mixtures:  # any mixture's aggregator may be switched to steps
                 self.aggregation_steps.labels(mixture)
             for layer in range(1, count + 1):
                 self.quorum_misses.labels(mixture, str(layer))

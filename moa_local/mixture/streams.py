@@ -78,6 +78,7 @@ class ProposalStreams:
 
     def start(self) -> None:
         """Open every agent's call; arm the deadline."""
+        self.started_at = time.perf_counter()
         call = self._call
         for agent in self.layer.agents:
             agent_trace = AgentTrace(agent.endpoint, "proposer", samples=agent.n)
