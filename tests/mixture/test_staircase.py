@@ -259,14 +259,14 @@ async def test_quorum_never_reached_before_the_first_step_is_a_503_naming_each_a
 
 async def test_the_layer_deadline_below_quorum_before_the_first_step_is_a_504() -> None:
     caller = ScriptedCaller()
-    run = Run(caller, mixture("a", "b", layer={"min_ok": 2, "deadline_s": 0.1}, chunk_tokens=1))
+    run = Run(caller, mixture("a", "b", layer={"min_ok": 2, "deadline_s": 0.5}, chunk_tokens=1))
     a = await caller.call("a")
     a.push(piece("A1"))
     with pytest.raises(DeadlineError) as caught:
         await run.done()
     assert str(caught.value) == (
         "moa: layer 1 got 1 of the 2 answers it needs — "
-        "a: late (cut off by the 0.1s deadline); b: late (cut off by the 0.1s deadline)"
+        "a: late (cut off by the 0.5s deadline); b: late (cut off by the 0.5s deadline)"
     )
     assert caller.to("agg") == []
 

@@ -33,13 +33,13 @@ if TYPE_CHECKING:
     from tests.support.gateway_fixtures import GatewayFactory
 
 USER: list[Message] = [{"role": "user", "content": "say something"}]
-SLOW = {"tokens": 1000, "token_delay_ms": 20.0}  # a proposer that streams for 20 s unless it is cut
+SLOW = {"tokens": 5000, "token_delay_ms": 20.0}  # a proposer that streams for 100 s unless it is cut
 
 
 def mixture(*agents: str, **aggregator: Any) -> RunSpec:
     config = MixtureConfig.model_validate(
         {
-            "layers": [{"agents": [{"endpoint": a, "max_tokens": 1000} for a in agents]}],
+            "layers": [{"agents": [{"endpoint": a, "max_tokens": 5000} for a in agents]}],
             "aggregator": {"endpoint": "agg", "temperature": 0.3, **aggregator},
         }
     )
@@ -88,7 +88,8 @@ async def test_fault_staircase_steps_reach_the_fake_engine_as_continuations(fake
         assert (body["continue_final_message"], body["add_generation_prompt"]) == (True, False)
         assert body["messages"][1:] == [*USER, {"role": "assistant", "content": answer}]
         assert system(body).startswith(system(before))  # append-only: the previous step's prompt is its prefix
-    assert system(bodies[0]).split("\n")[-3:] == ["Answer 1 (so far): a says: w1", "", "Answer 2 (so far): b says: w1"]
+    first, _, second = system(bodies[0]).split("\n")[-3:]  # at least 3 tokens each; more, as streaming goes on
+    assert first.startswith("Answer 1 (so far): a says: w1") and second.startswith("Answer 2 (so far): b says: w1")
     assert done.finish_reason == "length" and done.trace.aggregator is not None
     assert done.trace.aggregator.completion_tokens == 16
     for name in ("a", "b"):  # cut once the answer ended: the engines were told to stop
