@@ -8,7 +8,10 @@ latency edges, checked against a live engine by the tests). Beyond the
 contract: `moa_agent_retries_total`, `moa_circuit_open`,
 `moa_gateway_inflight`, `moa_queued` (calls waiting for one of an
 endpoint's `max_concurrency` slots; they count in `moa_inflight` too) and
-`moa_quorum_misses_total` (layers below `min_ok`). Batch jobs add
+`moa_quorum_misses_total` (layers below `min_ok`), and
+`moa_aggregation_steps` (aggregator calls per answered request of a mixture
+whose aggregator starts early or in staircase steps; agent outcome `cut` is
+a streamed proposal such a start no longer needed). Batch jobs add
 `moa_batch_requests_total{outcome}` (lines answered, failed, or rejected
 as bad), `moa_batches{status}` (batches per OpenAI status) and
 `moa_batch_queued` (batch calls among `moa_queued`); they are exported
@@ -41,9 +44,10 @@ LATENCY_BUCKETS = (
 # Orchestration overhead is milliseconds, far below any engine latency.
 OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 PROPOSAL_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32)
+STEP_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 64)
 
 REQUEST_OUTCOMES = ("ok", "error", "timeout", "cancelled", "rejected")
-AGENT_OUTCOMES = ("ok", "error", "timeout", "late", "cancelled", "skipped")
+AGENT_OUTCOMES = ("ok", "error", "timeout", "late", "cancelled", "skipped", "cut")
 AGENT_ROLES = ("proposer", "aggregator")
 TOKEN_KINDS = ("prompt", "completion")
 # A batch line: answered, failed (5xx), or rejected (a bad line, or a body the gateway refuses: 4xx).
@@ -111,6 +115,10 @@ class Metrics:
             "moa_quorum_misses", "Layers that ended with fewer answers than min_ok.", ["mixture", "layer"],
             registry=r,
         )  # fmt: skip
+        self.aggregation_steps = Histogram(
+            "moa_aggregation_steps", "Aggregator calls of an answer started early or in staircase steps.",
+            ["mixture"], buckets=STEP_BUCKETS, registry=r,
+        )  # fmt: skip
         # Registered by enable_batches (below).
         self.batch_requests = Counter(
             "moa_batch_requests", "Batch lines finished, by outcome (ok, error, rejected).", ["outcome"], registry=None
@@ -137,6 +145,8 @@ class Metrics:
             self.request_duration.labels(mixture)
             self.ttft.labels(mixture)
             self.overhead.labels(mixture)
+            if mixture in config.mixtures:  # any mixture's aggregator may be switched to steps
+                self.aggregation_steps.labels(mixture)
             for layer in range(1, count + 1):
                 self.quorum_misses.labels(mixture, str(layer))
                 self.layer_duration.labels(mixture, str(layer))
@@ -210,6 +220,9 @@ class Metrics:
             self.ttft.labels(mixture).observe(ttft_s)
         if overhead_s is not None:
             self.overhead.labels(mixture).observe(max(0.0, overhead_s))
+
+    def observe_steps(self, mixture: str, steps: int) -> None:
+        self.aggregation_steps.labels(mixture).observe(steps)
 
     def set_endpoint_up(self, endpoint: str, up: bool) -> None:
         self.endpoint_up.labels(endpoint).set(1 if up else 0)

@@ -154,13 +154,15 @@ AggregatorStart = Literal["after_layers", "early", "staircase"]
 
 
 class AggregatorConfig(SamplingConfig):
-    # When the aggregator starts: once the last layer is done (the paper's MoA); once every live proposer of the
-    # last layer has written `chunk_tokens` (early); or then already, in steps that take in the proposals as they
-    # keep streaming (staircase).
+    # When the aggregator starts (mixture/staircase.py): once the last layer is done (the paper's MoA); once every
+    # live sample of the last layer has streamed `chunk_tokens` tokens, the rest of each proposal then cancelled
+    # (early); or then already, in steps that take in the proposals as they keep streaming (staircase). Earlier
+    # layers always run whole. `max_tokens` caps the answer across all steps.
     start: AggregatorStart = "after_layers"
-    chunk_tokens: int = Field(32, ge=1)  # early, staircase: tokens of each live proposal before aggregating
+    chunk_tokens: int = Field(32, ge=1)  # early, staircase: tokens (streamed pieces) of each live sample first
     step_tokens: int = Field(64, ge=1)  # staircase: aggregator tokens per step before it takes in newer chunks
-    start_after_s: float | None = Field(None, gt=0)  # early, staircase: or start with what arrived after this long
+    # early, staircase: or start this long after the last layer started, once min_ok samples have some text
+    start_after_s: float | None = Field(None, gt=0)
 
 
 class LayerConfig(Frozen):

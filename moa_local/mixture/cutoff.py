@@ -10,6 +10,9 @@ return a later deadline to wait until. Like `asyncio.timeout`, it raises
 TimeoutError out of the block when it cut the wait off, and lets any other
 cancellation through.
 
+`AggregatorCap` is the request's cap on each wait for an aggregator token
+(the pipeline's, and each staircase step's), with what a cut-off says.
+
 Left out on purpose: nesting and rescheduling from inside the block
 (the pipeline needs neither).
 """
@@ -20,6 +23,10 @@ import asyncio
 import time
 from collections.abc import Callable
 from types import TracebackType
+
+from moa_local.errors import DeadlineError
+from moa_local.mixture.spec import RunSpec
+from moa_local.mixture.trace import AgentTrace
 
 
 class Cutoff:
@@ -68,3 +75,41 @@ class Cutoff:
         self.expired = True
         assert self._task is not None
         self._task.cancel()
+
+
+class AggregatorCap:
+    """When the wait for the aggregator's next token is cut off (`at`, a perf_counter time).
+
+    A mixture's: the request's cap. A pass-through's: the same while its
+    call waits for a slot; once the call is admitted, the call's own
+    timeout ends it, so at the cap the cap moves `admitted_cap_s` on (from
+    no earlier than the admission). Cutting off marks the call's trace
+    first: it is then cancelled, and the endpoint records it as it unwinds.
+    """
+
+    def __init__(self, spec: RunSpec, trace: AgentTrace, at: float) -> None:
+        self.at = at
+        self._spec = spec
+        self._trace = trace
+        self._moved = False
+
+    def expire(self) -> float | None:
+        """At the cap: a later cap to wait until instead, or None (cut off; the trace is marked)."""
+        later = self._spec.admitted_cap_s
+        if later is not None and not self._moved and self._trace.attempts > 0:
+            self._moved = True
+            self.at = time.perf_counter() + later
+            return self.at
+        mark_cut_off(self._spec, self._trace)
+        return None
+
+
+def mark_cut_off(spec: RunSpec, aggregator: AgentTrace) -> None:
+    """The request's deadline ended the aggregator: its call counts as a timeout, not a cancellation."""
+    aggregator.status = "timeout"
+    aggregator.error = f"cut off by the {spec.timeout_s:g}s request deadline"
+
+
+def cut_off(spec: RunSpec, aggregator: AgentTrace) -> DeadlineError:
+    mark_cut_off(spec, aggregator)
+    return DeadlineError(f"{spec.model}: no complete answer within {spec.timeout_s:g}s")

@@ -8,7 +8,8 @@ layer deadline, provided at least `min_ok` answers arrived; below that the
 request fails at once (503 quorum, 504 deadline) naming each endpoint and
 why. A conversation the aggregator's context window cannot hold is
 refused (413) before any call. A pass-through to one endpoint is the same
-run with no layers.
+run with no layers. An aggregator that starts `early` or in `staircase`
+steps takes the last layer's proposals as they stream (staircase.py).
 
 It knows nothing of HTTP. Engine calls go through a `Caller` (the endpoint
 pool in production, plain functions in tests), each carrying its request's
@@ -31,12 +32,15 @@ from dataclasses import replace
 from typing import Protocol
 
 from moa_local.config import AgentConfig, LayerConfig
-from moa_local.errors import BackendError, DeadlineError, MoaError, PayloadTooLarge, QuorumError
+from moa_local.errors import BackendError, DeadlineError, MoaError, PayloadTooLarge
 from moa_local.metrics import Metrics
-from moa_local.mixture.cutoff import Cutoff
+from moa_local.mixture.cutoff import AggregatorCap, Cutoff, cut_off
 from moa_local.mixture.events import Done, Event, LayerDone, Proposal, Token
+from moa_local.mixture.quorum import shortfall
 from moa_local.mixture.references import Message, check_fits, fit
 from moa_local.mixture.spec import Priority, RunSpec, Sampling, sampling_of
+from moa_local.mixture.staircase import Staircase, partial_instruction
+from moa_local.mixture.streams import ProposalStreams
 from moa_local.mixture.trace import AgentTrace, LayerTrace, RequestTrace
 
 
@@ -62,15 +66,18 @@ class Pipeline:
         deadline = start + spec.timeout_s
         trace = RequestTrace(spec.model)
         outcome = "error"
+        streamed = bool(spec.layers) and spec.aggregation.start != "after_layers"
+        trace.start = spec.aggregation.start if streamed else "after_layers"
         try:
             step = spec.aggregator
             check_fits(  # before any call: the aggregator gets at least the last layer's quorum of references
-                conversation, spec.layers[-1].min_ok if spec.layers else 0, instruction=spec.reference_prompt,
+                conversation, spec.layers[-1].min_ok if spec.layers else 0,
+                instruction=partial_instruction(spec.reference_prompt) if streamed else spec.reference_prompt,
                 system_prompt=step.system_prompt, context_window=self.caller.context_window(step.endpoint),
-                endpoint=step.endpoint,
+                endpoint=step.endpoint, numbered=not streamed,
             )  # fmt: skip
             references: list[str] = []
-            for index, layer in enumerate(spec.layers, start=1):
+            for index, layer in enumerate(spec.layers[:-1] if streamed else spec.layers, start=1):
                 layer_trace = LayerTrace(index)
                 trace.layers.append(layer_trace)
                 answers: list[str] = []
@@ -81,6 +88,15 @@ class Pipeline:
                 references = answers
                 self.metrics.observe_layer(spec.model, index, layer_trace.duration_s, layer_trace.proposals_used)
                 yield LayerDone(layer_trace)
+            if streamed:
+                staircase = self._staircase(spec, conversation, references, trace, start, deadline)
+                async with aclosing(staircase.run()) as steps:
+                    async for event in steps:
+                        yield event
+                trace.duration_s = time.perf_counter() - start
+                outcome = "ok"
+                yield Done("".join(staircase.parts), staircase.finish_reason, trace)
+                return
             parts: list[str] = []
             aggregator = AgentTrace(spec.aggregator.endpoint, "aggregator")
             trace.aggregator = aggregator
@@ -92,7 +108,7 @@ class Pipeline:
             aggregator.note = fitted.note
             sampling = replace(step.sampling, max_tokens=fitted.max_tokens)
             call = self._call(spec, step.endpoint, fitted.messages, sampling, aggregator, start)
-            cap = _AggregatorCap(spec, aggregator, deadline)
+            cap = AggregatorCap(spec, aggregator, deadline)
             async with aclosing(call) as tokens:
                 while True:
                     try:  # the cap bounds each wait for a token; the timer spans no yield
@@ -101,13 +117,13 @@ class Pipeline:
                     except StopAsyncIteration:
                         break
                     except TimeoutError:
-                        raise _cut_off(spec, aggregator) from None
+                        raise cut_off(spec, aggregator) from None
                     if trace.ttft_s is None:
                         trace.ttft_s = time.perf_counter() - start
                     parts.append(text)
                     yield Token(text)
                     if time.perf_counter() > cap.at and cap.expire() is None:
-                        raise _cut_off(spec, aggregator)
+                        raise cut_off(spec, aggregator)
             trace.duration_s = time.perf_counter() - start
             outcome = "ok"
             finish = aggregator.finish_reasons[0] if aggregator.finish_reasons else None
@@ -140,6 +156,27 @@ class Pipeline:
             return self.caller.stream(endpoint, messages, sampling, trace, order)
         return self.caller.stream(endpoint, messages, sampling, trace, order, priority=spec.priority)
 
+    def _staircase(
+        self, spec: RunSpec, conversation: Sequence[Message], references: list[str], trace: RequestTrace,
+        start: float, deadline: float,
+    ) -> Staircase:  # fmt: skip
+        """The last layer, streamed into an aggregator that starts early or in steps."""
+        layer = spec.layers[-1]
+        layer_trace = LayerTrace(len(spec.layers))
+        trace.layers.append(layer_trace)
+        until, cut_off_by = _bounds(spec, layer, time.perf_counter(), deadline)
+        streams = ProposalStreams(
+            spec.model, layer, layer_trace, self.metrics, until=until, cut_off_by=cut_off_by,
+            call=lambda agent, agent_trace: self._proposal(spec, agent, agent_trace, conversation, references, start),
+        )  # fmt: skip
+        endpoint = spec.aggregator.endpoint
+        return Staircase(
+            spec, conversation, streams,
+            lambda messages, sampling, call_trace: self._call(spec, endpoint, messages, sampling, call_trace, start),
+            trace, self.metrics, request_start=start, deadline=deadline,
+            context_window=self.caller.context_window(endpoint),
+        )  # fmt: skip
+
     async def _layer(
         self,
         spec: RunSpec,
@@ -153,12 +190,7 @@ class Pipeline:
     ) -> AsyncGenerator[Proposal, None]:
         """Run one layer, yielding proposals as they arrive; fill `answers` in agent order."""
         start = time.perf_counter()
-        # Whichever bound comes first cuts the layer off, and the late agents' error names that one.
-        own = None if layer.deadline_s is None else start + layer.deadline_s
-        if own is not None and own <= request_deadline:
-            until, cut_off_by = own, f"cut off by the {layer.deadline_s:g}s deadline"
-        else:
-            until, cut_off_by = request_deadline, f"cut off by the {spec.timeout_s:g}s request deadline"
+        until, cut_off_by = _bounds(spec, layer, start, request_deadline)
         tasks: dict[asyncio.Task[list[str]], AgentTrace] = {}
         for agent in layer.agents:
             agent_trace = AgentTrace(agent.endpoint, "proposer", samples=agent.n)
@@ -199,7 +231,7 @@ class Pipeline:
         layer_trace.proposals_used = ok
         if ok < layer.min_ok:
             self.metrics.observe_layer(spec.model, layer_trace.index, layer_trace.duration_s, ok, quorum_met=False)
-            raise _shortfall(spec.model, layer_trace, layer.min_ok)
+            raise shortfall(spec.model, layer_trace, layer.min_ok)
         for agent_trace in layer_trace.agents:
             answers.extend(texts_by_agent.get(id(agent_trace), []))
 
@@ -212,6 +244,24 @@ class Pipeline:
         references: list[str],
         request_start: float,
     ) -> list[str]:
+        parts: list[list[str]] = [[] for _ in range(agent.n)]
+        stream = self._proposal(spec, agent, agent_trace, conversation, references, request_start)
+        async with aclosing(stream):
+            async for index, text in stream:
+                if index < agent.n:
+                    parts[index].append(text)
+        return ["".join(p) for p in parts]
+
+    async def _proposal(
+        self,
+        spec: RunSpec,
+        agent: AgentConfig,
+        agent_trace: AgentTrace,
+        conversation: Sequence[Message],
+        references: list[str],
+        request_start: float,
+    ) -> AsyncGenerator[tuple[int, str], None]:
+        """One proposer's call, its messages fitted to its window (on the first `anext`, in its task)."""
         sampling = sampling_of(agent)
         fitted = fit(
             conversation, references, instruction=spec.reference_prompt, system_prompt=agent.system_prompt,
@@ -219,66 +269,20 @@ class Pipeline:
             endpoint=agent.endpoint,
         )  # fmt: skip
         agent_trace.note = fitted.note
-        parts: list[list[str]] = [[] for _ in range(agent.n)]
         sampling = replace(sampling, max_tokens=fitted.max_tokens)
         async with aclosing(
             self._call(spec, agent.endpoint, fitted.messages, sampling, agent_trace, request_start)
         ) as stream:
-            async for index, text in stream:
-                if index < agent.n:
-                    parts[index].append(text)
-        return ["".join(p) for p in parts]
+            async for item in stream:
+                yield item
 
 
-class _AggregatorCap:
-    """When the wait for the aggregator's next token is cut off (`at`, a perf_counter time).
+def _bounds(spec: RunSpec, layer: LayerConfig, start: float, request_deadline: float) -> tuple[float, str]:
+    """When a layer started at `start` is cut off, and what its late agents' error says.
 
-    A mixture's: the request's cap. A pass-through's: the same while its
-    call waits for a slot; once the call is admitted, the call's own
-    timeout ends it, so at the cap the cap moves `admitted_cap_s` on (from
-    no earlier than the admission). Cutting off marks the call's trace
-    first: it is then cancelled, and the endpoint records it as it unwinds.
+    Whichever bound comes first cuts the layer off, and the late agents' error names that one.
     """
-
-    def __init__(self, spec: RunSpec, trace: AgentTrace, at: float) -> None:
-        self.at = at
-        self._spec = spec
-        self._trace = trace
-        self._moved = False
-
-    def expire(self) -> float | None:
-        """At the cap: a later cap to wait until instead, or None (cut off; the trace is marked)."""
-        later = self._spec.admitted_cap_s
-        if later is not None and not self._moved and self._trace.attempts > 0:
-            self._moved = True
-            self.at = time.perf_counter() + later
-            return self.at
-        _mark_cut_off(self._spec, self._trace)
-        return None
-
-
-def _mark_cut_off(spec: RunSpec, aggregator: AgentTrace) -> None:
-    """The request's deadline ended the aggregator: its call counts as a timeout, not a cancellation."""
-    aggregator.status = "timeout"
-    aggregator.error = f"cut off by the {spec.timeout_s:g}s request deadline"
-
-
-def _cut_off(spec: RunSpec, aggregator: AgentTrace) -> DeadlineError:
-    _mark_cut_off(spec, aggregator)
-    return DeadlineError(f"{spec.model}: no complete answer within {spec.timeout_s:g}s")
-
-
-def _shortfall(model: str, layer: LayerTrace, needed: int) -> QuorumError | DeadlineError:
-    reasons = "; ".join(
-        f"{agent.endpoint}: {agent.status}" + (f" ({agent.error})" if agent.error else "")
-        for agent in layer.agents
-        if agent.status != "ok"
-    )
-    message = (
-        f"{model}: layer {layer.index} got {layer.proposals_used} of the {needed} answers it needs"
-        + (f" — {reasons}" if reasons else " (the agents answered with empty text)")
-    )
-    if any(agent.status == "late" for agent in layer.agents):
-        return DeadlineError(message)
-    return QuorumError(message)
-
+    own = None if layer.deadline_s is None else start + layer.deadline_s
+    if own is not None and own <= request_deadline:
+        return own, f"cut off by the {layer.deadline_s:g}s deadline"
+    return request_deadline, f"cut off by the {spec.timeout_s:g}s request deadline"

@@ -48,9 +48,13 @@ def estimate_messages(messages: Sequence[Message]) -> int:
     return sum(estimate_tokens(_text(m.get("content"))) + TOKENS_PER_MESSAGE for m in messages)
 
 
-def reference_block(references: Sequence[str], instruction: str | None) -> str:
-    numbered = "\n".join(f"{i}. {text}" for i, text in enumerate(references, start=1))
-    return f"{instruction or DEFAULT_REFERENCE_PROMPT}\n{numbered}"
+def reference_block(references: Sequence[str], instruction: str | None, numbered: bool = True) -> str:
+    """The instruction, then the answers numbered `1. ...`; or (`numbered` False) entries that name their answer."""
+    if numbered:
+        listed = "\n".join(f"{i}. {text}" for i, text in enumerate(references, start=1))
+    else:
+        listed = "\n\n".join(references)
+    return f"{instruction or DEFAULT_REFERENCE_PROMPT}\n{listed}"
 
 
 def build_messages(
@@ -58,6 +62,7 @@ def build_messages(
     references: Sequence[str] = (),
     instruction: str | None = None,
     system_prompt: str | None = None,
+    numbered: bool = True,
 ) -> list[Message]:
     """The messages one agent receives: its system prompt, the conversation, the references."""
     parts: list[str] = [system_prompt] if system_prompt else []
@@ -65,7 +70,7 @@ def build_messages(
     if rest and rest[0].get("role") == "system":
         parts.append(_text(rest.pop(0).get("content")))
     if references:
-        parts.append(reference_block(references, instruction))
+        parts.append(reference_block(references, instruction, numbered))
     if not parts:
         return rest
     return [{"role": "system", "content": "\n\n".join(parts)}, *rest]
@@ -79,6 +84,7 @@ def check_fits(
     system_prompt: str | None,
     context_window: int | None,
     endpoint: str,
+    numbered: bool = True,
 ) -> None:
     """Refuse (413) what cannot fit `endpoint`'s window with `references` (empty) references and the shortest answer.
 
@@ -86,7 +92,7 @@ def check_fits(
     """
     if context_window is None:
         return
-    base = estimate_messages(build_messages(conversation, [""] * references, instruction, system_prompt))
+    base = estimate_messages(build_messages(conversation, [""] * references, instruction, system_prompt, numbered))
     if context_window - base < MIN_ANSWER_TOKENS:
         raise PayloadTooLarge(
             f"messages are about {base} tokens; endpoint '{endpoint}' has a context window of {context_window} "
@@ -111,6 +117,7 @@ def fit(
     max_tokens: int | None,
     context_window: int | None,
     endpoint: str,
+    numbered: bool = True,
 ) -> Fitted:
     """Build an agent's messages inside its context window, or refuse (400).
 
@@ -119,9 +126,9 @@ def fit(
     first) and `max_tokens` lowered only as far as the window forces.
     """
     if context_window is None:
-        return Fitted(build_messages(conversation, references, instruction, system_prompt), max_tokens, None)
+        return Fitted(build_messages(conversation, references, instruction, system_prompt, numbered), max_tokens, None)
     # Everything but the references' own text: numbering, joins, and the system message they may add.
-    base = estimate_messages(build_messages(conversation, [""] * len(references), instruction, system_prompt))
+    base = estimate_messages(build_messages(conversation, [""] * len(references), instruction, system_prompt, numbered))
     room = context_window - base
     if room < MIN_ANSWER_TOKENS:
         raise InvalidRequest(
@@ -141,7 +148,7 @@ def fit(
     if max_tokens is not None and max_tokens > room:
         notes.append(f"max_tokens lowered from {max_tokens} to {max(room, MIN_ANSWER_TOKENS)} to fit the window")
         max_tokens = max(room, MIN_ANSWER_TOKENS)
-    messages = build_messages(conversation, references, instruction, system_prompt)
+    messages = build_messages(conversation, references, instruction, system_prompt, numbered)
     return Fitted(messages, max_tokens, "; ".join(notes) or None)
 
 

@@ -4,7 +4,7 @@ A `RunSpec` is built once per request from the config and the request's
 overrides (`catalog.run_spec` does that for any model name); the pipeline
 then only reads it. Its `priority` says whose calls wait at a full endpoint:
 a batch job's wait behind interactive requests'. `Sampling` is what one engine call asks for; the
-engines turn it into the request body.
+engines turn it into the request body. `Aggregation` is when the aggregator starts (see staircase.py).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from moa_local.config import AgentConfig, LayerConfig, MixtureConfig, SamplingConfig
+from moa_local.config.schema import AggregatorStart
 
 PASSTHROUGH_BACKSTOP_S = 1.0
 # Interactive calls are admitted at an endpoint before waiting batch calls (engines/admission.py).
@@ -30,6 +31,9 @@ class Sampling:
     stop: str | tuple[str, ...] | None = None
     seed: int | None = None
     user: str | None = None
+    # The messages end with an assistant message to continue (a staircase step after the first): vLLM's
+    # chat-completions extras `continue_final_message` and `add_generation_prompt` say so.
+    continue_final: bool = False
 
     def body(self) -> dict[str, Any]:
         fields: dict[str, Any] = {
@@ -42,6 +46,9 @@ class Sampling:
         }
         if self.n != 1:
             fields["n"] = self.n
+        if self.continue_final:
+            fields["continue_final_message"] = True
+            fields["add_generation_prompt"] = False
         return {key: value for key, value in fields.items() if value is not None}
 
 
@@ -65,6 +72,16 @@ class Step:
 
 
 @dataclass(frozen=True)
+class Aggregation:
+    """When the aggregator starts, from the aggregator's config (`start` and its knobs; see staircase.py)."""
+
+    start: AggregatorStart = "after_layers"
+    chunk_tokens: int = 32
+    step_tokens: int = 64
+    start_after_s: float | None = None
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """What the pipeline runs for one model name.
 
@@ -83,6 +100,7 @@ class RunSpec:
     timeout_s: float = 600.0
     admitted_cap_s: float | None = None
     priority: Priority = "interactive"
+    aggregation: Aggregation = Aggregation()
 
     @classmethod
     def for_mixture(cls, name: str, mixture: MixtureConfig, overrides: Overrides = Overrides()) -> RunSpec:
@@ -98,7 +116,8 @@ class RunSpec:
             user=overrides.user,
         )
         step = Step(agg.endpoint, sampling, agg.system_prompt)
-        return cls(name, mixture.layers, step, mixture.reference_prompt, mixture.timeout_s)
+        aggregation = Aggregation(agg.start, agg.chunk_tokens, agg.step_tokens, agg.start_after_s)
+        return cls(name, mixture.layers, step, mixture.reference_prompt, mixture.timeout_s, aggregation=aggregation)
 
     @classmethod
     def passthrough(

@@ -11,7 +11,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # Agent statuses: ok, error, timeout, late (cut off by the layer deadline),
-# skipped (circuit open), cancelled (the request went away).
+# skipped (circuit open), cancelled (the request went away), cut (a streamed
+# proposal the aggregator no longer needed: early aggregation started, or the
+# answer ended first; its note says which).
 
 
 @dataclass
@@ -44,6 +46,26 @@ class LayerTrace:
 
 
 @dataclass
+class StepTrace:
+    """One aggregator call of an early or staircase start (see staircase.py).
+
+    `at_s` is when it started, from the start of the layer it aggregates;
+    `reference_tokens` the tokens each proposal (agent order, then sample)
+    had streamed by then, counted as streamed pieces.
+    """
+
+    index: int
+    at_s: float
+    reference_tokens: list[int]
+    status: str = "pending"
+    latency_s: float = 0.0
+    ttft_s: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+
+
+@dataclass
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -71,10 +93,19 @@ class RequestTrace:
     aggregator: AgentTrace | None = None
     duration_s: float = 0.0
     ttft_s: float | None = None
+    start: str = "after_layers"  # when the aggregator started: after_layers, early, staircase
+    steps: list[StepTrace] = field(default_factory=list)  # early, staircase: the aggregator's calls
 
     @property
     def critical_path_s(self) -> float:
+        """The slowest agent of each layer, then the aggregator (the sum of its steps' calls).
+
+        With steps the aggregator overlaps the last layer: that layer counts
+        only until the first step started.
+        """
         aggregator = self.aggregator.latency_s if self.aggregator else 0.0
+        if self.steps and self.layers:
+            return sum(layer.critical_s for layer in self.layers[:-1]) + self.steps[0].at_s + aggregator
         return sum(layer.critical_s for layer in self.layers) + aggregator
 
     @property
@@ -109,6 +140,8 @@ class RequestTrace:
                 for layer in self.layers
             ],
             "aggregator": _agent_dict(self.aggregator) if self.aggregator else None,
+            "start": self.start,
+            "steps": [_step_dict(step) for step in self.steps],
             "usage": self.usage().as_openai(),
         }
 
@@ -118,4 +151,13 @@ def _agent_dict(agent: AgentTrace) -> dict[str, Any]:
     data["latency_s"] = round(agent.latency_s, 6)
     if agent.ttft_s is not None:
         data["ttft_s"] = round(agent.ttft_s, 6)
+    return data
+
+
+def _step_dict(step: StepTrace) -> dict[str, Any]:
+    data = asdict(step)
+    data["at_s"] = round(step.at_s, 6)
+    data["latency_s"] = round(step.latency_s, 6)
+    if step.ttft_s is not None:
+        data["ttft_s"] = round(step.ttft_s, 6)
     return data
