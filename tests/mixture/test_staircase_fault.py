@@ -140,7 +140,9 @@ def test_fault_the_gateway_answers_a_staircase_mixture_unchanged(
     """The API consumes the same events: one answer across the steps, streamed or whole, with the trace."""
     servers = {"a": fake_engine(model="a", **SLOW), "agg": fake_engine(model="agg", tokens=10)}
     aggregator = {"endpoint": "agg", "max_tokens": 8, "start": "staircase", "chunk_tokens": 2, "step_tokens": 4}
-    gw = gateway_server(fake_config(servers, {"mix": mixture_config(["a"], aggregator)}))
+    # The fake stands in for a vLLM server: declared able to continue, as an external one must be.
+    config = fake_config(servers, {"mix": mixture_config(["a"], aggregator)}, continues_final_message=True)
+    gw = gateway_server(config)
     client = gw.client()
     extra = {"moa": {"trace": True}}
     if stream:
