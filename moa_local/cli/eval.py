@@ -50,6 +50,8 @@ PLAIN_EVERY_S = 5.0
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="The folder for requests, answers, judgments and the report (rerun to resume).")  # fmt: skip
 @click.option("--max-tokens", type=click.IntRange(min=1), default=None, help="Cap per answer (default: the suite's).")
+@click.option("--temperature", type=click.FloatRange(0, 2), default=None,
+              help="Every answer's temperature (a mixture's aggregator's); default: each model's own.")  # fmt: skip
 @click.option("--resamples", type=click.IntRange(min=100), default=10_000, show_default=True,
               help="Bootstrap resamples per interval.")  # fmt: skip
 @click.option("--max-inflight", type=click.IntRange(min=1), default=None,
@@ -57,8 +59,8 @@ PLAIN_EVERY_S = 5.0
 @click.option("--score-only", is_flag=True, help="Rescore and report from --out without generating or judging.")
 def eval_(
     config_path: str | None, models: str | None, suite: str | None, judge: str | None, judge_model: str | None,
-    limit: int | None, seed: int, out: Path, max_tokens: int | None, resamples: int, max_inflight: int | None,
-    score_only: bool,
+    limit: int | None, seed: int, out: Path, max_tokens: int | None, temperature: float | None, resamples: int,
+    max_inflight: int | None, score_only: bool,
 ) -> None:  # fmt: skip
     """Score mixtures and single models on one suite, with confidence intervals and paired verdicts."""
     from moa_local.evaluation import rescore
@@ -73,7 +75,7 @@ def eval_(
         raise click.UsageError(f"{', '.join(missing)} required (or --score-only to report from --out)")
     assert config_path and models and suite
     config, settings, found = _settings(
-        config_path, models, suite, judge, judge_model, limit, seed, max_tokens, resamples
+        config_path, models, suite, judge, judge_model, limit, seed, max_tokens, temperature, resamples
     )
     slots = sum(endpoint.max_concurrency for endpoint in config.endpoints.values())
     inflight = max_inflight or min(config.gateway.max_inflight, slots)
@@ -89,7 +91,7 @@ def eval_(
 
 def _settings(
     config_path: str, models: str, suite_name: str, judge: str | None, judge_model: str | None, limit: int | None,
-    seed: int, max_tokens: int | None, resamples: int,
+    seed: int, max_tokens: int | None, temperature: float | None, resamples: int,
 ) -> tuple[Config, Settings, Judge | None]:  # fmt: skip
     from moa_local.config import load_config
     from moa_local.evaluation import EvalError, Settings, get_suite, probe, resolve_judge
@@ -111,7 +113,7 @@ def _settings(
         judge = judge_model = None
     settings = Settings(
         suite=suite.name, models=tuple(names), kinds=kinds, seed=seed, limit=limit, max_tokens=max_tokens,
-        judge=judge, judge_model=found.model if found else None, resamples=resamples,
+        temperature=temperature, judge=judge, judge_model=found.model if found else None, resamples=resamples,
         judge_contestants=tuple(contestants(config, found, names)) if found else (),
     )  # fmt: skip
     for warning in ([f"warning: the judge ({judge}) is also a contestant: {', '.join(settings.judge_contestants)}"]

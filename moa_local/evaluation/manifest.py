@@ -22,7 +22,7 @@ from moa_local.evaluation.suite import Item
 
 MANIFEST = "eval.json"
 ITEMS = "items.jsonl"
-FIXED = ("suite", "seed", "limit", "max_tokens", "judge", "judge_model")
+FIXED = ("suite", "seed", "limit", "max_tokens", "temperature", "judge", "judge_model")
 Kind = Literal["mixture", "endpoint"]
 
 
@@ -34,6 +34,7 @@ class Settings:
     seed: int = 0
     limit: int | None = None
     max_tokens: int | None = None  # None: the suite's default
+    temperature: float | None = None  # None: each model's own (an engine's default, a mixture's aggregator's)
     judge: str | None = None  # as given: an endpoint name or a URL
     judge_model: str | None = None
     judge_contestants: tuple[str, ...] = ()  # models of the run that are the judge or use its endpoint
@@ -50,6 +51,7 @@ class Settings:
             return cls(
                 suite=str(data["suite"]), models=tuple(data["models"]), kinds=dict(data["kinds"]),
                 seed=int(data["seed"]), limit=data.get("limit"), max_tokens=data.get("max_tokens"),
+                temperature=data.get("temperature"),
                 judge=data.get("judge"), judge_model=data.get("judge_model"),
                 judge_contestants=tuple(data.get("judge_contestants") or ()),
                 resamples=int(data.get("resamples", 10_000)),

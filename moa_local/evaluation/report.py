@@ -47,7 +47,8 @@ def build(settings: Settings, suite: Suite, items: list[Item], scores: dict[str,
     ]
     return {
         "suite": suite.name, "items": len(items), "seed": settings.seed, "limit": settings.limit,
-        "max_tokens": settings.max_tokens or suite.max_tokens, "resamples": settings.resamples,
+        "max_tokens": settings.max_tokens or suite.max_tokens, "temperature": settings.temperature,
+        "resamples": settings.resamples,
         "metrics": [{"name": m.name, "label": m.label, "pass_fail": m.pass_fail, "scale": m.scale, "unit": m.unit}
                     for m in suite.metrics],
         "models": [{"name": m, "kind": settings.kinds.get(m, "endpoint")} for m in settings.models],

@@ -108,8 +108,11 @@ def _body(model: str, item: Item, turn: int, previous: list[dict[str, Answer]], 
         messages += [{"role": "user", "content": item.turns[k]},
                      {"role": "assistant", "content": previous[k][f"{item.id}.t{k + 1}"].content}]  # fmt: skip
     messages.append({"role": "user", "content": item.turns[turn]})
-    return {"model": model, "messages": messages, "max_tokens": settings.max_tokens or suite.max_tokens,
+    body = {"model": model, "messages": messages, "max_tokens": settings.max_tokens or suite.max_tokens,
             "seed": settings.seed, "moa": {"trace": True}}  # fmt: skip
+    if settings.temperature is not None:  # a mixture's aggregator samples at it, as for any request
+        body["temperature"] = settings.temperature
+    return body
 
 
 def _history_ok(item: Item, previous: list[dict[str, Answer]]) -> bool:

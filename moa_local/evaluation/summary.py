@@ -10,13 +10,19 @@ LOCAL_JUDGE = (
 )
 
 
+def _sampling(temperature: float | None) -> str:
+    if temperature is None:
+        return "each model at its own temperature: an endpoint's engine default, a mixture's aggregator's"
+    return f"every answer sampled at temperature {temperature:g}; a mixture's proposers keep their configured sampling"
+
+
 def summary_markdown(results: dict[str, Any]) -> str:
     metrics = results["metrics"]
     lines = [f"# moa-local eval: {results['suite']}", ""]
     lines.append(
         f"{results['items']} items (seed {results['seed']}, limit {results['limit'] or 'all'}, at most "
-        f"{results['max_tokens']} generated tokens per answer). Intervals: 95% percentile bootstrap over items, "
-        f"{results['resamples']:,} resamples, seeded."
+        f"{results['max_tokens']} generated tokens per answer, {_sampling(results.get('temperature'))}). "
+        f"Intervals: 95% percentile bootstrap over items, {results['resamples']:,} resamples, seeded."
     )
     judge = results["judge"]
     if judge:

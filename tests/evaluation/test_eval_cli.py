@@ -205,3 +205,27 @@ def test_fault_a_rerun_with_other_settings_is_refused(tmp_path: Path, fake_engin
     assert message == (
         f"{out} holds an evaluation with seed=0, not 9: rerun with the same settings, or use another --out"
     )
+
+
+def test_fault_fake_temperature_reaches_every_answer_and_is_a_fixed_setting(
+    tmp_path: Path, fake_engine: FakeEngineFactory, cache: Path
+) -> None:
+    """--temperature: the single model's call and the mixture's aggregator sample at it; the proposers keep
+    their configured temperature; a rerun at another temperature is refused; the summary says which."""
+    pytest.importorskip("lm_eval", reason="the ifeval suite needs the eval extra")
+    config, servers = three_models(tmp_path, fake_engine)
+    out = tmp_path / "run"
+    base = ("eval", "--config", config, "--models", "a,moa", "--suite", "ifeval", "--out", out, "--resamples", "100")
+    result = invoke(*base, "--temperature", "0.3")
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert {body["temperature"] for body in servers["agg"].chat_bodies()} == {0.3}
+    proposer_temperatures = [body.get("temperature") for body in servers["b"].chat_bodies()]
+    assert proposer_temperatures and 0.3 not in proposer_temperatures  # b only proposes: its own sampling
+    a_bodies = servers["a"].chat_bodies()  # a answers alone (0.3) and proposes for moa (its own)
+    assert sum(body.get("temperature") == 0.3 for body in a_bodies) == 7
+    assert results_of(out)["temperature"] == 0.3
+    assert "every answer sampled at temperature 0.3" in (out / "summary.md").read_text()
+    message = one_error_line(invoke(*base, "--temperature", "0.7"))
+    assert message == (
+        f"{out} holds an evaluation with temperature=0.3, not 0.7: rerun with the same settings, or use another --out"
+    )
