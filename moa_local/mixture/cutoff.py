@@ -10,8 +10,9 @@ return a later deadline to wait until. Like `asyncio.timeout`, it raises
 TimeoutError out of the block when it cut the wait off, and lets any other
 cancellation through.
 
-`AggregatorCap` is the request's cap on each wait for an aggregator token
-(the pipeline's, and each staircase step's), with what a cut-off says.
+`AggregatorCap` is the request's cap on each wait for an aggregator token,
+with what a cut-off says; `capped_texts` reads an aggregator call under it
+(the pipeline's one call, and each staircase step's).
 
 Left out on purpose: nesting and rescheduling from inside the block
 (the pipeline needs neither).
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from types import TracebackType
 
 from moa_local.errors import DeadlineError
@@ -102,6 +103,28 @@ class AggregatorCap:
             return self.at
         mark_cut_off(self._spec, self._trace)
         return None
+
+
+async def capped_texts(
+    tokens: AsyncIterator[tuple[int, str]], spec: RunSpec, trace: AgentTrace, deadline: float
+) -> AsyncGenerator[str, None]:
+    """The texts of an aggregator call, each wait for the next one cut off at the request's cap (DeadlineError).
+
+    The timer spans the wait only, never the `yield`: a timeout around a
+    yield of an async generator would cancel its consumer instead.
+    """
+    cap = AggregatorCap(spec, trace, deadline)
+    while True:
+        try:
+            with Cutoff(cap.at, cap.expire):
+                _, text = await anext(tokens)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise cut_off(spec, trace) from None
+        yield text
+        if time.perf_counter() > cap.at and cap.expire() is None:
+            raise cut_off(spec, trace)
 
 
 def mark_cut_off(spec: RunSpec, aggregator: AgentTrace) -> None:

@@ -34,7 +34,7 @@ from typing import Protocol
 from moa_local.config import AgentConfig, LayerConfig
 from moa_local.errors import BackendError, DeadlineError, MoaError, PayloadTooLarge
 from moa_local.metrics import Metrics
-from moa_local.mixture.cutoff import AggregatorCap, Cutoff, cut_off
+from moa_local.mixture.cutoff import capped_texts
 from moa_local.mixture.events import Done, Event, LayerDone, Proposal, Token
 from moa_local.mixture.quorum import shortfall
 from moa_local.mixture.references import Message, check_fits, fit
@@ -108,22 +108,12 @@ class Pipeline:
             aggregator.note = fitted.note
             sampling = replace(step.sampling, max_tokens=fitted.max_tokens)
             call = self._call(spec, step.endpoint, fitted.messages, sampling, aggregator, start)
-            cap = AggregatorCap(spec, aggregator, deadline)
-            async with aclosing(call) as tokens:
-                while True:
-                    try:  # the cap bounds each wait for a token; the timer spans no yield
-                        with Cutoff(cap.at, cap.expire):
-                            _, text = await anext(tokens)
-                    except StopAsyncIteration:
-                        break
-                    except TimeoutError:
-                        raise cut_off(spec, aggregator) from None
+            async with aclosing(call) as tokens, aclosing(capped_texts(tokens, spec, aggregator, deadline)) as texts:
+                async for text in texts:
                     if trace.ttft_s is None:
                         trace.ttft_s = time.perf_counter() - start
                     parts.append(text)
                     yield Token(text)
-                    if time.perf_counter() > cap.at and cap.expire() is None:
-                        raise cut_off(spec, aggregator)
             trace.duration_s = time.perf_counter() - start
             outcome = "ok"
             finish = aggregator.finish_reasons[0] if aggregator.finish_reasons else None

@@ -59,7 +59,7 @@ from dataclasses import replace
 
 from moa_local.errors import InvalidRequest
 from moa_local.metrics import Metrics
-from moa_local.mixture.cutoff import AggregatorCap, Cutoff, cut_off
+from moa_local.mixture.cutoff import capped_texts
 from moa_local.mixture.events import Event, LayerDone, Token
 from moa_local.mixture.references import DEFAULT_REFERENCE_PROMPT, Message, fit
 from moa_local.mixture.spec import RunSpec, Sampling
@@ -170,25 +170,18 @@ class Staircase:
                 )  # fmt: skip
                 self.trace.steps.append(step)
                 call = AgentTrace(self.spec.aggregator.endpoint, "aggregator")
-                cap = AggregatorCap(self.spec, call, self.deadline)
                 pieces = 0
                 try:
-                    async with aclosing(self.call(messages, sampling, call)) as tokens:
-                        while True:
-                            try:  # the cap bounds each wait for a token; the timer spans no yield
-                                with Cutoff(cap.at, cap.expire):
-                                    _, text = await anext(tokens)
-                            except StopAsyncIteration:
-                                break
-                            except TimeoutError:
-                                raise cut_off(self.spec, call) from None
+                    async with (
+                        aclosing(self.call(messages, sampling, call)) as tokens,
+                        aclosing(capped_texts(tokens, self.spec, call, self.deadline)) as texts,
+                    ):
+                        async for text in texts:
                             if self.trace.ttft_s is None:
                                 self.trace.ttft_s = time.perf_counter() - self.request_start
                             self.parts.append(text)
                             pieces += 1
                             yield Token(text)
-                            if time.perf_counter() > cap.at and cap.expire() is None:
-                                raise cut_off(self.spec, call)
                 finally:
                     _record(step, call, summary)
                 used += call.completion_tokens or pieces

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -21,6 +20,7 @@ from moa_local.mixture.staircase import ChunkLog, partial_instruction
 from moa_local.mixture.streams import SampleStream
 from moa_local.mixture.trace import AgentTrace
 from tests.mixture.scripted import ScriptedCall, ScriptedCaller, end, fail, piece, words
+from tests.support.calls import until
 
 USER: list[Message] = [{"role": "user", "content": "What is 2 + 2?"}]
 HEAD = partial_instruction(None)
@@ -73,14 +73,6 @@ class Run:
 
     def tokens(self) -> str:
         return "".join(e.text for e in self.events if isinstance(e, Token))
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    for _ in range(int(timeout_s / 0.005)):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"not within {timeout_s}s")
 
 
 async def fed(call: ScriptedCall, tokens: int) -> None:
