@@ -78,10 +78,10 @@ def sentence(c: dict[str, Any], metrics: list[dict[str, Any]]) -> str:
     unit = " points" if metric["unit"] == "%" else ""
     if c["value"] is None:
         return f"**{c['mixture']}** vs **{c['single']}**, {metric['label']}: no item scored by both"
-    verdict = {"better": f"better than {c['single']}", "worse": f"worse than {c['single']}"}.get(
-        c["verdict"], f"{c['verdict']} with {c['single']}"
+    verdict = {"better": f"is better than {c['single']}", "worse": f"is worse than {c['single']}"}.get(
+        c["verdict"], f"shows no detectable difference from {c['single']} at this sample size"
     )
-    text = (f"**{c['mixture']}** is {verdict} on {metric['label']}: {c['value']:+.1f}{unit} "
+    text = (f"**{c['mixture']}** {verdict} on {metric['label']}: {c['value']:+.1f}{unit} "
             f"(95% CI {c['low']:+.1f} to {c['high']:+.1f}, n={c['n']})")  # fmt: skip
     if c["mcnemar"]:
         test = c["mcnemar"]

@@ -73,7 +73,7 @@ def test_fault_fake_ifeval_run_scores_the_canned_replies_as_worked_out_by_hand(
     versus_a = next(c for c in results["comparisons"] if (c["single"], c["metric"]) == ("a", "prompt_strict"))
     assert versus_a["mcnemar"] == {"b": 4, "c": 0, "p": 0.125}  # 4 discordant pairs: 2 * 1/16
     assert versus_a["verdict"] == "no detectable difference at this sample size"
-    assert "moa is no detectable difference at this sample size with a on prompt-level strict" in result.stdout
+    assert "moa shows no detectable difference from a at this sample size on prompt-level strict" in result.stdout
     for name in ("summary.md", "items.jsonl", "eval.json", "answers/moa.turn1.jsonl", "answers/a.turn1.requests.jsonl"):
         assert (out / name).is_file(), name
     traced = records(out / "answers" / "moa.turn1.jsonl")[0]["response"]["body"]
