@@ -4,7 +4,7 @@
 # end-to-end latency, generated and prompt tokens per answer and, on vLLM, the
 # prefix-cache hit rate (`moa-local bench` reads them from the engines' /metrics).
 #   1. fake engines that stream at GPU-like speeds (bench/fake-start.yaml): the
-#      mechanism, apart from CPU noise;
+#      mechanism, apart from CPU noise; then a two-layer mixture at concurrency 1;
 #   2. with CPU=1, also the real CPU engines (configs/cpu.yaml: the three
 #      moa-cpu-select variants), through a gateway on 8080. Starts the engines
 #      unless they already answer on 8101/8102, and then stops them. About
@@ -44,6 +44,8 @@ for level in 1 8; do
     --model start-staircase --concurrency "$level" --requests $((level * 8)) --max-tokens 256 --warmup 1 \
     "${fake_metrics[@]}" --out "$out/fake-c$level"
 done
+"$MOA" bench --url http://127.0.0.1:8290 --model start-after-layers-2 --model start-staircase-2 --concurrency 1 \
+  --requests 8 --max-tokens 256 --warmup 1 "${fake_metrics[@]}" --out "$out/fake-two-layers-c1"
 stop_all
 
 if [[ ${CPU:-0} == 1 ]]; then
