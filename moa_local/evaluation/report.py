@@ -155,7 +155,11 @@ def _warnings(settings: Settings, suite: Suite, aggregate: dict[str, Any]) -> li
                         "a judge tends to favour its own answers")  # fmt: skip
     for model, result in aggregate.items():
         if result["failed"]:
-            warnings.append(f"{model}: {result['failed']} items had a failed answer (scored as failures)")
+            warnings.append(f"{model}: {_count(result['failed'], 'item')} had a failed answer (scored as failed)")
         if result["unrated"]:
-            warnings.append(f"{model}: {result['unrated']} judgments gave no usable rating (not scored)")
+            warnings.append(f"{model}: {_count(result['unrated'], 'judgment')} gave no usable rating (not scored)")
     return warnings
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
