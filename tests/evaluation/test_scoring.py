@@ -47,6 +47,14 @@ def test_ifeval_checker_passes_the_good_answer_and_fails_the_bad(
     assert score_response(item, bad).scores["prompt_strict"] == (0.0, 1.0)
 
 
+def test_ifeval_language_detection_gives_one_verdict_per_text() -> None:
+    # langdetect samples at random unless seeded; this text came out as 4 different languages in 30 unseeded runs.
+    pytest.importorskip("lm_eval", reason="the ifeval suite needs the eval extra")
+    data = {"key": 1, "instruction_id_list": ["language:response_language"], "kwargs": [{"language": "sw"}]}
+    item = Item("ifeval-1", ("p",), None, data)
+    assert len({score_response(item, "Anime Tokyo sushi").scores["prompt_strict"] for _ in range(30)}) == 1
+
+
 def test_ifeval_loose_forgives_a_first_line_and_asterisks() -> None:
     pytest.importorskip("lm_eval", reason="the ifeval suite needs the eval extra")
     item = Item("ifeval-1", ("p",), None, {"key": 1, "instruction_id_list": ["startend:quotation"], "kwargs": [{}]})
