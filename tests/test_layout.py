@@ -53,6 +53,7 @@ OPTIONAL_IMPORTS = {
     "matplotlib": "matplotlib",
     "lm_eval": "lm-eval",  # the `eval` extra
     "nltk": "lm-eval",
+    "langdetect": "lm-eval",  # lm-eval[ifeval]: the checkers' language detection, seeded by moa_local
     "reasoning_gym": "reasoning-gym",
 }
 
