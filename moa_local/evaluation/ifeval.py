@@ -16,11 +16,15 @@ scores. lm-eval also tries to download punkt_tab when its module is first
 imported: that call is replaced by a refusal for the import, so scoring
 never reaches the network.
 
-Language detection (the `language:response_language` checker and the
-all-capitals one) is langdetect's, which samples at random unless seeded:
-left alone, rescoring the same answers moved instruction-level accuracy
-by a few tenths of a point. `checker()` seeds it (`DetectorFactory.seed`
-0), so scoring is repeatable; it is still langdetect's own method.
+Two checkers draw random numbers while scoring, so that rescoring the
+same answers moved instruction-level accuracy by a few tenths of a point:
+language detection (`language:response_language` and the all-capitals
+check) is langdetect's, which samples unless seeded; and
+`keywords:letter_frequency` picks a random letter when the prompt's letter
+is not one (the IFEval data asks for "#" in one prompt). `checker()` seeds
+langdetect (`DetectorFactory.seed` 0) and each item is scored after
+`random.seed` with its key, so scoring is repeatable; the checks
+themselves are unchanged.
 
 Left out on purpose: re-implementing any checker.
 """
@@ -30,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -74,7 +79,9 @@ def score_response(item: Item, response: str) -> ItemScore:
     """lm-eval's IFEval result for one response, as per-metric pairs."""
     doc = {"key": item.data["key"], "prompt": item.turns[0], "instruction_id_list": item.data["instruction_id_list"],
            "kwargs": item.data["kwargs"]}  # fmt: skip
-    result = checker().process_results(doc, [response])
+    utils = checker()
+    random.seed(f"ifeval-{item.data['key']}")  # the letter_frequency checker's random letter (module docstring)
+    result = utils.process_results(doc, [response])
     strict, loose = list(result["inst_level_strict_acc"]), list(result["inst_level_loose_acc"])
     scores = {
         "prompt_strict": (float(result["prompt_level_strict_acc"]), 1.0),

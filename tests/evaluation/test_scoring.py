@@ -55,6 +55,15 @@ def test_ifeval_language_detection_gives_one_verdict_per_text() -> None:
     assert len({score_response(item, "Anime Tokyo sushi").scores["prompt_strict"] for _ in range(30)}) == 1
 
 
+def test_ifeval_letter_that_is_not_a_letter_scores_the_same_every_time() -> None:
+    # IFEval asks one prompt for the letter "#": the checker then draws a random letter (1 in 13 here is a or b).
+    pytest.importorskip("lm_eval", reason="the ifeval suite needs the eval extra")
+    kwargs = {"let_relation": "at least", "letter": "#", "let_frequency": 4}
+    item = Item("ifeval-1", ("p",), None, {"key": 1, "instruction_id_list": ["keywords:letter_frequency"],
+                                             "kwargs": [kwargs]})  # fmt: skip
+    assert len({score_response(item, "aaaa bbbb").scores["prompt_strict"] for _ in range(60)}) == 1
+
+
 def test_ifeval_loose_forgives_a_first_line_and_asterisks() -> None:
     pytest.importorskip("lm_eval", reason="the ifeval suite needs the eval extra")
     item = Item("ifeval-1", ("p",), None, {"key": 1, "instruction_id_list": ["startend:quotation"], "kwargs": [{}]})
