@@ -169,32 +169,25 @@ def _read_trace(record: RequestRecord, trace: dict[str, Any]) -> None:
         record.layer_s.append(float(layer.get("duration_s") or 0.0))
         slowest.append(max((float(agent.get("latency_s") or 0.0) for agent in layer.get("agents") or ()), default=0.0))
     steps = [step for step in trace.get("steps") or () if isinstance(step, dict)]
-    if steps and slowest:  # early or staircase: the aggregator overlapped the last layer from its first step on
-        slowest[-1] = float(steps[0].get("at_s") or 0.0)
-    layers = sum(slowest)
-    record.critical_path_s = layers
     aggregator = trace.get("aggregator")
+    if steps and slowest:  # early or staircase: the aggregator overlapped the last layer from its first step on
+        earlier = sum(slowest[:-1])
+        record.critical_path_s = earlier + _seconds(steps[0].get("at_s"))
+        first = next((step for step in steps if isinstance(step.get("ttft_s"), int | float)), None)
+        record.path_ttft_s = None if first is None else earlier + _seconds(first.get("at_s")) + first["ttft_s"]
+    else:
+        record.critical_path_s = sum(slowest)
+        if isinstance(aggregator, dict) and isinstance(aggregator.get("ttft_s"), int | float):
+            record.path_ttft_s = record.critical_path_s + float(aggregator["ttft_s"])
     if isinstance(aggregator, dict):
-        record.critical_path_s += float(aggregator.get("latency_s") or 0.0)
-        record.path_ttft_s = _path_ttft(layers, aggregator, steps)
+        record.critical_path_s += _seconds(aggregator.get("latency_s"))
         answer_tokens = _int(aggregator.get("completion_tokens"))
         if answer_tokens is not None:
             record.completion_tokens = answer_tokens
 
 
-def _path_ttft(layers: float, aggregator: dict[str, Any], steps: list[dict[str, Any]]) -> float | None:
-    """The engines' share of the time to first token: layers, then the aggregator's own wait for it.
-
-    With steps the first token came in the first step that had one, `at_s`
-    after the last layer started (steps' latencies before it are in `at_s`).
-    """
-    if not steps:
-        ttft = aggregator.get("ttft_s")
-        return layers + float(ttft) if isinstance(ttft, int | float) else None
-    for step in steps:
-        if isinstance(step.get("ttft_s"), int | float):
-            return layers - float(steps[0].get("at_s") or 0.0) + float(step.get("at_s") or 0.0) + float(step["ttft_s"])
-    return None
+def _seconds(value: Any) -> float:
+    return float(value or 0.0)
 
 
 def _error_message(body: bytes) -> str:
