@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from moa_local.config import Config, parse_config
-from moa_local.deploy.prometheus_config import prometheus_config, render
+from moa_local.deploy.prometheus_config import GATEWAY_JOB, prometheus_config, render
 from tests.support.dashboard_queries import instantiate, targets
 from tests.support.engine_fixtures import CpuStack, eventually
 from tests.support.gateway_fixtures import GatewayFactory, GatewayServer
@@ -126,6 +126,9 @@ def prometheus(e2e_gateway: GatewayServer, tmp_path: Path) -> Iterator[Prometheu
                 pass
             assert time.monotonic() < deadline, f"prometheus not ready in 30 s: {server.log_tail()}"
             time.sleep(0.2)
+        # Ready is not scraped: rate() needs a sample taken before the requests, so the test starts
+        # once Prometheus holds the gateway's preset (zero) request histogram.
+        server.wait_for(f'sum(moa_request_duration_seconds_count{{job="{GATEWAY_JOB}", mixture="{MIXTURE}"}})', 0)
         yield server
     finally:
         process.terminate()
