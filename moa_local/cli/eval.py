@@ -56,11 +56,13 @@ PLAIN_EVERY_S = 5.0
               help="Bootstrap resamples per interval.")  # fmt: skip
 @click.option("--max-inflight", type=click.IntRange(min=1), default=None,
               help="Requests in flight at once (default: the sum of the endpoints' max_concurrency).")  # fmt: skip
+@click.option("--baseline", default=None,
+              help="A mixture every other mixture of the run is also compared with.")  # fmt: skip
 @click.option("--score-only", is_flag=True, help="Rescore and report from --out without generating or judging.")
 def eval_(
     config_path: str | None, models: str | None, suite: str | None, judge: str | None, judge_model: str | None,
     limit: int | None, seed: int, out: Path, max_tokens: int | None, temperature: float | None, resamples: int,
-    max_inflight: int | None, score_only: bool,
+    max_inflight: int | None, baseline: str | None, score_only: bool,
 ) -> None:  # fmt: skip
     """Score mixtures and single models on one suite, with confidence intervals and paired verdicts."""
     from moa_local.evaluation import rescore
@@ -75,7 +77,7 @@ def eval_(
         raise click.UsageError(f"{', '.join(missing)} required (or --score-only to report from --out)")
     assert config_path and models and suite
     config, settings, found = _settings(
-        config_path, models, suite, judge, judge_model, limit, seed, max_tokens, temperature, resamples
+        config_path, models, suite, judge, judge_model, limit, seed, max_tokens, temperature, resamples, baseline
     )
     slots = sum(endpoint.max_concurrency for endpoint in config.endpoints.values())
     inflight = max_inflight or min(config.gateway.max_inflight, slots)
@@ -91,7 +93,7 @@ def eval_(
 
 def _settings(
     config_path: str, models: str, suite_name: str, judge: str | None, judge_model: str | None, limit: int | None,
-    seed: int, max_tokens: int | None, temperature: float | None, resamples: int,
+    seed: int, max_tokens: int | None, temperature: float | None, resamples: int, baseline: str | None = None,
 ) -> tuple[Config, Settings, Judge | None]:  # fmt: skip
     from moa_local.config import load_config
     from moa_local.evaluation import EvalError, Settings, get_suite, probe, resolve_judge
@@ -102,6 +104,9 @@ def _settings(
     for name in names:
         if name not in config.mixtures and name not in config.endpoints:
             raise EvalError(f"model '{name}' is not in the config (known: {', '.join(config.model_names())})")
+    if baseline is not None and baseline not in config.mixtures:
+        known = ", ".join(config.mixtures)
+        raise EvalError(f"--baseline '{baseline}' is not a mixture of the config (mixtures: {known})")
     kinds: dict[str, Any] = {name: "mixture" if name in config.mixtures else "endpoint" for name in names}
     found = None
     if suite.judged:
@@ -114,7 +119,7 @@ def _settings(
     settings = Settings(
         suite=suite.name, models=tuple(names), kinds=kinds, seed=seed, limit=limit, max_tokens=max_tokens,
         temperature=temperature, judge=judge, judge_model=found.model if found else None, resamples=resamples,
-        judge_contestants=tuple(contestants(config, found, names)) if found else (),
+        judge_contestants=tuple(contestants(config, found, names)) if found else (), baseline=baseline,
     )  # fmt: skip
     for warning in ([f"warning: the judge ({judge}) is also a contestant: {', '.join(settings.judge_contestants)}"]
                     if settings.judge_contestants else []):  # fmt: skip
@@ -205,7 +210,7 @@ def _show(results: dict[str, Any], out: Path) -> None:
     for model in results["models"]:
         estimate = results["aggregate"][model["name"]]["metrics"][metric["name"]]
         click.echo(f"{model['name']}: {metric['label']} {interval(estimate, metric['unit'])}")
-    for comparison in results["comparisons"]:
+    for comparison in [*results["comparisons"], *results.get("baseline_comparisons", [])]:
         if comparison["metric"] == metric["name"]:
             click.echo(sentence(comparison, results["metrics"]).replace("**", ""))
     for warning in results["warnings"]:

@@ -3,8 +3,8 @@
 The first run writes both; a rerun with the same folder reads them back,
 so it asks the same items and resumes. A rerun must keep the suite, seed,
 limit, generation cap and judge (a different one is refused, naming the
-key: use another folder); it may add models. `--score-only` needs nothing
-but the folder.
+key: use another folder); it may add models and name a baseline mixture.
+`--score-only` needs nothing but the folder.
 
 Left out on purpose: the answers (`generation.py` owns those files).
 """
@@ -39,6 +39,7 @@ class Settings:
     judge_model: str | None = None
     judge_contestants: tuple[str, ...] = ()  # models of the run that are the judge or use its endpoint
     resamples: int = 10_000
+    baseline: str | None = None  # a mixture of the run every other mixture is also compared with
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -54,7 +55,7 @@ class Settings:
                 temperature=data.get("temperature"),
                 judge=data.get("judge"), judge_model=data.get("judge_model"),
                 judge_contestants=tuple(data.get("judge_contestants") or ()),
-                resamples=int(data.get("resamples", 10_000)),
+                resamples=int(data.get("resamples", 10_000)), baseline=data.get("baseline"),
             )  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             raise EvalError(f"{where}: not an evaluation record of this version ({exc})") from None
@@ -82,7 +83,7 @@ def merge(old: Settings | None, new: Settings, folder: Path) -> Settings:
                 f"{json.dumps(getattr(new, key))}: rerun with the same settings, or use another --out"
             )
     models = tuple(dict.fromkeys([*old.models, *new.models]))
-    return replace(new, models=models, kinds={**old.kinds, **new.kinds})
+    return replace(new, models=models, kinds={**old.kinds, **new.kinds}, baseline=new.baseline or old.baseline)
 
 
 def write_settings(folder: Path, settings: Settings) -> None:

@@ -4,7 +4,9 @@ Every metric gets its value and 95% bootstrap interval (`stats.py`), per
 model; cost sits beside it (generated tokens, engine calls and wall time
 per answered item, from the answers' usage and traces). Each mixture is
 compared with each single model (endpoint) of the run on every metric,
-item by item, with the verdict in words. The AlpacaEval suite adds the
+item by item, with the verdict in words; and, when the run names a
+baseline mixture, with it (`baseline_comparisons`: variants of one
+mixture against the original). The AlpacaEval suite adds the
 length-controlled win rate (`length_control.py`), its interval from at
 most 1,000 resamples (each one a refit). Failed answers and unrated
 judgments are counted per model, and the judge is named, with a warning
@@ -41,6 +43,11 @@ def build(settings: Settings, suite: Suite, items: list[Item], scores: dict[str,
         _compare(settings, metric, mixture, single, scores)
         for mixture in mixtures for single in singles for metric in suite.metrics
     ]  # fmt: skip
+    baseline = settings.baseline
+    against_baseline = [
+        _compare(settings, metric, mixture, baseline, scores, key="baseline")
+        for mixture in mixtures if baseline and mixture != baseline for metric in suite.metrics
+    ]  # fmt: skip
     per_item = [
         {"id": item.id, "models": {m: _item(scores[m][i], costs[m][i], suite) for m in settings.models}}
         for i, item in enumerate(items)
@@ -53,6 +60,7 @@ def build(settings: Settings, suite: Suite, items: list[Item], scores: dict[str,
                     for m in suite.metrics],
         "models": [{"name": m, "kind": settings.kinds.get(m, "endpoint")} for m in settings.models],
         "judge": _judge(settings, suite), "aggregate": aggregate, "comparisons": comparisons,
+        "baseline": baseline, "baseline_comparisons": against_baseline,
         "warnings": _warnings(settings, suite, aggregate), "per_item": per_item,
     }  # fmt: skip
 
@@ -114,14 +122,14 @@ def _columns(rows: Sequence[tuple[float, int, int]]) -> tuple[list[float], list[
     return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
 
 
-def _compare(settings: Settings, metric: Metric, mixture: str, single: str,
-             scores: dict[str, list[ItemScore]]) -> dict[str, Any]:  # fmt: skip
+def _compare(settings: Settings, metric: Metric, mixture: str, other: str,
+             scores: dict[str, list[ItemScore]], key: str = "single") -> dict[str, Any]:  # fmt: skip
     first = [s.scores[metric.name] for s in scores[mixture]]
-    second = [s.scores[metric.name] for s in scores[single]]
+    second = [s.scores[metric.name] for s in scores[other]]
     result = stats.compare(first, second, pass_fail=metric.pass_fail, resamples=settings.resamples, seed=settings.seed)
     test = result.mcnemar
     return {
-        "mixture": mixture, "single": single, "metric": metric.name, **_scaled(result.diff, metric.scale),
+        "mixture": mixture, key: other, "metric": metric.name, **_scaled(result.diff, metric.scale),
         "mcnemar": None if test is None else {"b": test.b, "c": test.c, "p": test.p}, "verdict": result.verdict,
     }  # fmt: skip
 

@@ -35,6 +35,9 @@ async def evaluate(
     """Generate what is missing, judge it, and write the report; the results."""
     suite = get_suite(settings.suite)
     settings = manifest.merge(manifest.read_settings(folder), settings, folder)
+    if settings.baseline is not None and settings.baseline not in settings.models:
+        raise EvalError(f"the baseline '{settings.baseline}' is not a model of this run (models: "
+                        f"{', '.join(settings.models)}): add it to --models")  # fmt: skip
     items = manifest.read_items(folder)
     if items is None:
         items = suite.load(settings.limit, settings.seed)

@@ -34,6 +34,10 @@ def summary_markdown(results: dict[str, Any]) -> str:
     if comparisons:
         lines += ["## Each mixture against each single model", ""]
         lines += [f"- {sentence(c, metrics)}" for c in comparisons]
+    if results.get("baseline_comparisons"):
+        lines += ["", f"## Each mixture against the baseline mixture {results['baseline']}", ""]
+        lines += [f"- {sentence(c, metrics)}" for c in results["baseline_comparisons"]]
+    if comparisons or results.get("baseline_comparisons"):
         lines += ["", "Pass/fail metrics: McNemar's exact test (p < 0.05); others: the paired bootstrap interval of "
                       "the per-item difference excluding 0. No correction for multiple comparisons.", ""]  # fmt: skip
     if results["warnings"]:
@@ -75,11 +79,12 @@ def interval(estimate: dict[str, Any], unit: str) -> str:
 def sentence(c: dict[str, Any], metrics: list[dict[str, Any]]) -> str:
     """One comparison in words: who, on what, the verdict, the evidence."""
     metric = next(m for m in metrics if m["name"] == c["metric"])
+    other = c.get("single") or c["baseline"]
     unit = " points" if metric["unit"] == "%" else ""
     if c["value"] is None:
-        return f"**{c['mixture']}** vs **{c['single']}**, {metric['label']}: no item scored by both"
-    verdict = {"better": f"is better than {c['single']}", "worse": f"is worse than {c['single']}"}.get(
-        c["verdict"], f"shows no detectable difference from {c['single']} at this sample size"
+        return f"**{c['mixture']}** vs **{other}**, {metric['label']}: no item scored by both"
+    verdict = {"better": f"is better than {other}", "worse": f"is worse than {other}"}.get(
+        c["verdict"], f"shows no detectable difference from {other} at this sample size"
     )
     text = (f"**{c['mixture']}** {verdict} on {metric['label']}: {c['value']:+.1f}{unit} "
             f"(95% CI {c['low']:+.1f} to {c['high']:+.1f}, n={c['n']})")  # fmt: skip

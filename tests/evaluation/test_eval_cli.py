@@ -142,6 +142,10 @@ def test_fault_judge_that_never_rates_is_one_error_line(tmp_path: Path, fake_eng
         (("--models", "a", "--suite", "mt-bench"), "the mt-bench suite needs a judge: --judge ENDPOINT|URL"),
         (("--models", "a", "--suite", "mt-bench", "--judge", "moa"),
          "judge 'moa' is a mixture; a judge must be an endpoint of the config or a URL"),
+        (("--models", "a,moa", "--suite", "ifeval", "--baseline", "a"),
+         "--baseline 'a' is not a mixture of the config (mixtures: moa)"),
+        (("--models", "a", "--suite", "ifeval", "--baseline", "moa"),
+         "the baseline 'moa' is not a model of this run (models: a): add it to --models"),
     ],
 )  # fmt: skip
 def test_fault_bad_input_is_one_error_line(
