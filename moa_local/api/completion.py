@@ -9,13 +9,6 @@ for the trace) on 200, the OpenAI error envelope otherwise. Every refusal
 or failure comes back as a status and envelope; only cancellation leaves
 as an exception (it closes the run's upstream calls).
 
-A `staircase` aggregator writes in steps so that a reader sees its first
-token sooner; a batch line has no reader, and under load the steps only
-cost the engines prefill (docs/benchmarks.md: "Under batch load"). So it
-starts after the layers, as the paper's MoA does, unless the caller asks
-to keep it (`keep_staircase`: the evaluation measures a mixture as
-configured). `early` changes what the aggregator reads, so it stays.
-
 Left out on purpose: HTTP (no headers, no streaming: a batch line has
 neither), the gateway's in-flight limit and request log. The payload
 builder repeats `chat_response.py`'s non-streamed one; it is small, and
@@ -55,7 +48,6 @@ async def complete(
     *,
     priority: Priority = "batch",
     on_trace: TraceSink | None = None,
-    keep_staircase: bool = False,
 ) -> tuple[int, dict[str, Any]]:
     """(HTTP status, JSON body) of `body` answered as the gateway answers it, without streaming.
 
@@ -67,8 +59,6 @@ async def complete(
     try:
         chat = parse_chat_body(body, config.gateway.max_body_bytes)
         spec = replace(run_spec(config, chat.model, chat.overrides()), priority=priority)
-        if spec.aggregation.start == "staircase" and not keep_staircase:
-            spec = replace(spec, aggregation=replace(spec.aggregation, start="after_layers"))
     except RequestFailed as exc:
         pipeline.metrics.requests.labels(model_label(config, body.get("model")), "rejected").inc()
         return exc.status, envelope(exc)

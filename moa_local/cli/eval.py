@@ -154,7 +154,7 @@ class _Job:
         from moa_local.api.completion import complete
 
         assert self.pipeline is not None, "the pool is not open"
-        return await complete(self.config, self.pipeline, body, request_id, priority="batch", keep_staircase=True)
+        return await complete(self.config, self.pipeline, body, request_id, priority="batch")
 
     async def run(self, out: Path, settings: Settings, inflight: int) -> dict[str, Any]:
         from contextlib import AsyncExitStack
