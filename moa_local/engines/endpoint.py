@@ -169,6 +169,7 @@ class Endpoint:
         for attempt in range(self.config.max_retries + 1):
             trace.attempts = attempt + 1
             started = False
+            pieces = 0
             try:
                 response = await self.upstream.post("/chat/completions", body, _loop_deadline(deadline))
                 try:
@@ -198,8 +199,13 @@ class Endpoint:
                                 if trace.ttft_s is None:
                                     trace.ttft_s = time.perf_counter() - start
                                 started = True
+                                pieces += 1
                                 yield index, content
                 finally:
+                    if pieces and not trace.completion_tokens:
+                        # Ended before the engine's usage (cut, cancelled, broken off): what it streamed, which
+                        # is about one token per piece (vLLM sends a piece per step), so a cut call is counted.
+                        trace.completion_tokens = pieces
                     await response.aclose()
                 if None in finish:
                     raise StreamBroken(self.name, "the stream ended before the answer was finished")

@@ -130,6 +130,7 @@ async def test_fault_cut_stream_is_not_retried(fake_engine: FakeEngineFactory) -
     assert received == ["m", " says:", " w1"]
     assert str(caught.value).startswith("e: the stream broke off (")
     assert (trace.status, trace.attempts) == ("error", 1)
+    assert trace.completion_tokens == 3  # no usage came: the pieces streamed are counted
     assert chats(server) == 1  # never retried once a token went out
     assert server.wait_for_event("cut").chunks == 3
 
@@ -259,15 +260,19 @@ async def test_fault_closing_a_stream_closes_the_upstream_connection(fake_engine
     server = fake_engine(model="m", tokens=50, token_delay_ms=30)
     trace = AgentTrace("e", "proposer")
     metrics = Metrics(CollectorRegistry())
+    pieces = 0
     async with opened(server.base_url, metrics) as endpoint:
         async with aclosing(endpoint.stream(list(MESSAGES), Sampling(), trace)) as stream:
-            async for index, _ in stream:
-                if index == 0 and trace.ttft_s is not None:
+            async for _piece in stream:
+                pieces += 1
+                if pieces == 4:
                     break
         event = server.wait_for_event("disconnect")
         assert value(metrics, "moa_inflight", endpoint="e") == 0
     assert (event.stage, event.chunks < 50) == ("stream", True)
     assert trace.status == "cancelled"
+    assert trace.completion_tokens == 4  # what it streamed before it was closed, also in the token counter
+    assert value(metrics, "moa_tokens_total", endpoint="e", kind="completion") == 4
     assert value(metrics, "moa_agent_calls_total", endpoint="e", role="proposer", outcome="cancelled") == 1
 
 
