@@ -7,10 +7,12 @@
 #      mechanism, apart from CPU noise; then a two-layer mixture at concurrency 1;
 #   2. with CPU=1, also the real CPU engines (configs/cpu.yaml: the three
 #      moa-cpu-select variants), through a gateway on 8080. Starts the engines
-#      unless they already answer on 8101/8102, and then stops them. About
-#      25 minutes on 2 cores.
+#      unless they already answer on 8101/8102, and then stops them. At
+#      concurrency 8 it sends 16 requests, two waves; then after_layers and
+#      staircase again at concurrency 16 (32 requests), the throughput under
+#      batch load. About 30 minutes on 2 cores.
 #
-#   bench/start.sh [OUT_DIR]        (default bench-out/start)
+#   bench/start.sh [OUT_DIR]        (default bench-out/start; FAKE=0 skips part 1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-bench-out/start}
@@ -26,6 +28,7 @@ cleanup() {
 trap cleanup EXIT
 mkdir -p "$out"
 
+if [[ ${FAKE:-1} == 1 ]]; then
 fake() {  # NAME PORT TOKEN_DELAY_MS
   start "fake-$1" "$out/fake-$1.log" "$PY" -m moa_local.testing.fake_engine --port "$2" --model "$1" \
     --tokens 256 --latency-ms 100 --token-delay-ms "$3"
@@ -47,6 +50,7 @@ done
 "$MOA" bench --url http://127.0.0.1:8290 --model start-after-layers-2 --model start-staircase-2 --concurrency 1 \
   --requests 8 --max-tokens 256 --warmup 1 "${fake_metrics[@]}" --out "$out/fake-two-layers-c1"
 stop_all
+fi
 
 if [[ ${CPU:-0} == 1 ]]; then
   if ! curl -fsS -o /dev/null --max-time 2 http://127.0.0.1:8101/health ||
@@ -59,8 +63,12 @@ if [[ ${CPU:-0} == 1 ]]; then
   load_note | tee "$out/load-cpu.txt"
   for level in 1 8; do
     "$MOA" bench --url http://127.0.0.1:8080 --model moa-cpu-select --model moa-cpu-select-early \
-      --model moa-cpu-select-staircase --concurrency "$level" --requests $((level == 1 ? 4 : 8)) \
+      --model moa-cpu-select-staircase --concurrency "$level" --requests $((level == 1 ? 4 : 16)) \
       --max-tokens 256 --temperature 0.3 --dataset mt-bench \
       --engine-metrics http://127.0.0.1:8101 --engine-metrics http://127.0.0.1:8102 --out "$out/cpu-c$level"
   done
+  # Batch load: does staircase's extra prefill cost throughput with many requests in flight?
+  "$MOA" bench --url http://127.0.0.1:8080 --model moa-cpu-select --model moa-cpu-select-staircase \
+    --concurrency 16 --requests 32 --max-tokens 256 --temperature 0.3 --dataset mt-bench \
+    --engine-metrics http://127.0.0.1:8101 --engine-metrics http://127.0.0.1:8102 --out "$out/cpu-c16"
 fi
