@@ -30,14 +30,14 @@ def summary_markdown(results: dict[str, Any]) -> str:
     lines += ["", _table(results), ""]
     if results["suite"] == "alpaca-eval":
         lines += _alpaca(results)
-    comparisons = results["comparisons"]
+    comparisons, against_baseline = results["comparisons"], results.get("baseline_comparisons") or []
     if comparisons:
         lines += ["## Each mixture against each single model", ""]
         lines += [f"- {sentence(c, metrics)}" for c in comparisons]
-    if results.get("baseline_comparisons"):
+    if against_baseline:
         lines += ["", f"## Each mixture against the baseline mixture {results['baseline']}", ""]
-        lines += [f"- {sentence(c, metrics)}" for c in results["baseline_comparisons"]]
-    if comparisons or results.get("baseline_comparisons"):
+        lines += [f"- {sentence(c, metrics)}" for c in against_baseline]
+    if comparisons or against_baseline:
         lines += ["", "Pass/fail metrics: McNemar's exact test (p < 0.05); others: the paired bootstrap interval of "
                       "the per-item difference excluding 0. No correction for multiple comparisons.", ""]  # fmt: skip
     if results["warnings"]:
