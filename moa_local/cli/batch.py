@@ -7,8 +7,9 @@ defaults to the output's name with `.errors.jsonl` (`out.jsonl` ->
 `out.errors.jsonl`). Progress: a rich bar when stdout is a terminal,
 otherwise one plain line about every 5 s and one at the end; then the
 summary (counts, wall time, tokens, throughput, each endpoint's share of
-the engine time). Ctrl-C cancels the requests in flight, leaves complete
-lines only, and prints the command that resumes (the same one).
+the engine time). Ctrl-C or SIGTERM cancels the requests in flight,
+leaves complete lines only, and prints the command that resumes (the
+same one).
 
 Calls are sent with priority batch, but this process has no interactive
 calls to make room for, so `gateway.batch_share` does not apply here: a
@@ -19,7 +20,6 @@ defaults to the sum of the endpoints' `max_concurrency` (at most
 
 from __future__ import annotations
 
-import asyncio
 import shlex
 import sys
 import time
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from moa_local.cli import termination
 from moa_local.cli.main import CONFIG_OPTION, main
 
 if TYPE_CHECKING:
@@ -71,13 +72,13 @@ def batch(
     view = _Plain() if not sys.stdout.isatty() else _Rich(total)
     job = _Job(config, input_path, output, errors_path, inflight, view)
     try:
-        progress = asyncio.run(job.run(total))
-    except KeyboardInterrupt:
+        progress = termination.run(job.run(total))
+    except KeyboardInterrupt as exc:
         view.close(job.runner.progress())
         click.echo(_summary(job.runner, output, errors_path))
         resume = _command(config_path, input_path, output, errors_path, max_inflight)
         click.echo(f"interrupted: the files hold complete lines only; resume with: {resume}")
-        raise click.exceptions.Exit(130) from None
+        raise click.exceptions.Exit(termination.exit_code(exc)) from None
     except MoaError as exc:
         view.close(job.runner.progress())
         raise click.ClickException(str(exc)) from None

@@ -8,10 +8,10 @@ Opens an endpoint pool and a pipeline as `batch` does and hands
 batch), so every answer is what the gateway would have answered; a judged
 suite also gets a `JudgeClient` for `--judge` (an endpoint of the config
 or an OpenAI-compatible URL), checked to answer before anything runs.
-Progress per round as `batch` shows it. Ctrl-C keeps every finished answer
-and prints the command that resumes (the same one). Bad input (an unknown
-suite, a model not in the config, an unreachable judge, a judge that never
-rates) is one `Error:` line.
+Progress per round as `batch` shows it. Ctrl-C or SIGTERM keeps every
+finished answer and prints the command that resumes (the same one). Bad
+input (an unknown suite, a model not in the config, an unreachable judge,
+a judge that never rates) is one `Error:` line.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from moa_local.cli import termination
 from moa_local.cli.main import main
 
 if TYPE_CHECKING:
@@ -83,11 +84,11 @@ def eval_(
     inflight = max_inflight or min(config.gateway.max_inflight, slots)
     job = _Job(config, found)
     try:
-        results = asyncio.run(job.run(out, settings, inflight))
-    except KeyboardInterrupt:
+        results = termination.run(job.run(out, settings, inflight))
+    except KeyboardInterrupt as exc:
         words = ["moa-local", "eval", *sys.argv[2:]] if sys.argv[1:2] == ["eval"] else ["moa-local", "eval", "..."]
         click.echo(f"interrupted: {out} holds every finished answer; resume with: {shlex.join(words)}")
-        raise click.exceptions.Exit(130) from None
+        raise click.exceptions.Exit(termination.exit_code(exc)) from None
     _show(results, out)
 
 

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
 from tests.cli.test_cli import COMMAND, invoke, one_error_line, write_config
 
 if TYPE_CHECKING:
@@ -102,16 +104,17 @@ def test_fault_batch_killed_mid_run_resumes_each_custom_id_once_and_redoes_a_tor
     assert "torn last line" in result.stdout and "40 done by an earlier run" in result.stdout
 
 
-def test_fault_batch_ctrl_c_cancels_upstream_leaves_complete_lines_and_says_how_to_resume(
-    tmp_path: Path, fake_engine: FakeEngineFactory
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_fault_batch_interrupted_cancels_upstream_leaves_complete_lines_and_says_how_to_resume(
+    tmp_path: Path, fake_engine: FakeEngineFactory, signum: signal.Signals, code: int
 ) -> None:
     ids, args, _, h = stalled_run(tmp_path, fake_engine)
     out = tmp_path / "out.jsonl"
     process = start(*args)
     wait_until(lambda: line_count(out) == 40 and len(h.chat_bodies()) == 4, "40 answers, 4 hung", process)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=30)
-    assert process.returncode == 130, (stdout, stderr)
+    assert process.returncode == code, (stdout, stderr)
     assert "Traceback" not in stderr
     resume = f"moa-local batch --config {tmp_path / 'moa.yaml'} {tmp_path / 'in.jsonl'} -o {out} --max-inflight 4"
     assert stdout.splitlines()[-1] == f"interrupted: the files hold complete lines only; resume with: {resume}"

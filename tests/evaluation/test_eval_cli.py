@@ -168,8 +168,9 @@ def test_fault_unreachable_judge_is_one_error_line_before_anything_runs(
     assert servers["a"].chat_bodies() == []
 
 
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
 def test_fault_eval_interrupted_resumes_and_asks_nothing_twice(
-    tmp_path: Path, fake_engine: FakeEngineFactory, cache: Path
+    tmp_path: Path, fake_engine: FakeEngineFactory, cache: Path, signum: signal.Signals, code: int
 ) -> None:
     a, h = fake_engine(model="a", reply=REPLY_A), fake_engine(model="h", hang=True)
     j = fake_engine(model="j", reply="Rating: [[6]]")
@@ -180,9 +181,9 @@ def test_fault_eval_interrupted_resumes_and_asks_nothing_twice(
     process = start(*args)
     wait_until(lambda: line_count(out / "answers" / "a.turn1.jsonl") == 3 and len(h.chat_bodies()) == 3,
                "a's 3 first answers, h's 3 first turns hanging", process)  # fmt: skip
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=30)
-    assert process.returncode == 130, (stdout, stderr)
+    assert process.returncode == code, (stdout, stderr)
     assert "Traceback" not in stderr and "resume with: moa-local eval --config" in stdout
     assert j.chat_bodies() == []  # the judge comes after every answer
 
