@@ -23,8 +23,8 @@ check) is langdetect's, which samples unless seeded; and
 `keywords:letter_frequency` picks a random letter when the prompt's letter
 is not one (the IFEval data asks for "#" in one prompt). `checker()` seeds
 langdetect (`DetectorFactory.seed` 0) and each item is scored after
-`random.seed` with its key, so scoring is repeatable; the checks
-themselves are unchanged.
+`random.seed` with its key, so scoring is repeatable (the caller's
+random state is put back afterwards); the checks themselves are unchanged.
 
 Left out on purpose: re-implementing any checker.
 """
@@ -80,8 +80,12 @@ def score_response(item: Item, response: str) -> ItemScore:
     doc = {"key": item.data["key"], "prompt": item.turns[0], "instruction_id_list": item.data["instruction_id_list"],
            "kwargs": item.data["kwargs"]}  # fmt: skip
     utils = checker()
+    state = random.getstate()
     random.seed(f"ifeval-{item.data['key']}")  # the letter_frequency checker's random letter (module docstring)
-    result = utils.process_results(doc, [response])
+    try:
+        result = utils.process_results(doc, [response])
+    finally:
+        random.setstate(state)  # the caller's random sequence goes on as if scoring had drawn nothing
     strict, loose = list(result["inst_level_strict_acc"]), list(result["inst_level_loose_acc"])
     scores = {
         "prompt_strict": (float(result["prompt_level_strict_acc"]), 1.0),

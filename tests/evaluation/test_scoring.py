@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from types import SimpleNamespace
 from typing import Any
 
@@ -62,6 +63,20 @@ def test_ifeval_letter_that_is_not_a_letter_scores_the_same_every_time() -> None
     item = Item("ifeval-1", ("p",), None, {"key": 1, "instruction_id_list": ["keywords:letter_frequency"],
                                              "kwargs": [kwargs]})  # fmt: skip
     assert len({score_response(item, "aaaa bbbb").scores["prompt_strict"] for _ in range(60)}) == 1
+
+
+def test_ifeval_scoring_leaves_the_callers_random_sequence_alone() -> None:
+    pytest.importorskip("lm_eval", reason="the ifeval suite needs the eval extra")
+    kwargs = {"let_relation": "at least", "letter": "#", "let_frequency": 4}  # a checker that draws a letter
+    item = Item("ifeval-1", ("p",), None, {"key": 1, "instruction_id_list": ["keywords:letter_frequency"],
+                                             "kwargs": [kwargs]})  # fmt: skip
+    random.seed(7)
+    expected = [random.random() for _ in range(3)]
+    random.seed(7)
+    drawn = [random.random()]
+    score_response(item, "aaaa bbbb")
+    drawn += [random.random() for _ in range(2)]
+    assert drawn == expected
 
 
 def test_ifeval_loose_forgives_a_first_line_and_asterisks() -> None:
