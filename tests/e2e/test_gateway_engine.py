@@ -20,7 +20,7 @@ import openai
 import pytest
 
 from tests.support.engine_fixtures import CpuStack
-from tests.support.gateway_fixtures import GatewayServer
+from tests.support.gateway_fixtures import GatewayServer, keyed_gateway
 
 pytestmark = pytest.mark.engine
 
@@ -32,9 +32,7 @@ QUESTION: list[Any] = [{"role": "user", "content": "Name three primary colors, i
 @pytest.fixture(scope="module")
 def gateway(cpu_stack: CpuStack) -> Iterator[GatewayServer]:
     """The gateway over the engines, with a key required (as with `MOA_API_KEYS` set)."""
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("MOA_API_KEYS", KEY)
-        server = GatewayServer(cpu_stack.config)
+    server = keyed_gateway(cpu_stack.config, KEY)
     yield server
     server.stop()
 

@@ -168,6 +168,13 @@ class GatewayServer:
 GatewayFactory = Callable[..., GatewayServer]
 
 
+def keyed_gateway(config: Config, key: str) -> GatewayServer:
+    """A gateway that requires `key`, as with `MOA_API_KEYS` set when it starts; the caller stops it."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MOA_API_KEYS", key)
+        return GatewayServer(config)
+
+
 @pytest.fixture
 def gateway_server() -> Iterator[GatewayFactory]:
     """Factory: `gateway_server(config, probe=True) -> GatewayServer`, stopped at the end of the test."""
