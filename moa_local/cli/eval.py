@@ -2,6 +2,7 @@
 
     moa-local eval --config F --models qwen,moa-cpu --suite ifeval --limit 200 --out DIR
     moa-local eval --out DIR --score-only            # rescore and report from DIR, nothing generated
+    moa-local eval --out DIR --score-only --models qwen,moa-cpu    # ... on some of its models only
 
 Opens an endpoint pool and a pipeline as `batch` does and hands
 `evaluation.evaluate` `api/completion.complete` as the executor (priority
@@ -59,7 +60,8 @@ PLAIN_EVERY_S = 5.0
               help="Requests in flight at once (default: the sum of the endpoints' max_concurrency).")  # fmt: skip
 @click.option("--baseline", default=None,
               help="A mixture every other mixture of the run is also compared with.")  # fmt: skip
-@click.option("--score-only", is_flag=True, help="Rescore and report from --out without generating or judging.")
+@click.option("--score-only", is_flag=True,
+              help="Report again from --out, nothing generated or judged (with --models: those only).")  # fmt: skip
 def eval_(
     config_path: str | None, models: str | None, suite: str | None, judge: str | None, judge_model: str | None,
     limit: int | None, seed: int, out: Path, max_tokens: int | None, temperature: float | None, resamples: int,
@@ -69,7 +71,7 @@ def eval_(
     from moa_local.evaluation import rescore
 
     if score_only:
-        _show(rescore(out), out)
+        _show(rescore(out, _names(models) if models else None), out)
         return
     missing = [
         flag for flag, value in (("--config", config_path), ("--models", models), ("--suite", suite)) if not value
@@ -101,7 +103,7 @@ def _settings(
 
     config = load_config(config_path)
     suite = get_suite(suite_name)
-    names = [name.strip() for name in models.split(",") if name.strip()]
+    names = _names(models)
     for name in names:
         if name not in config.mixtures and name not in config.endpoints:
             raise EvalError(f"model '{name}' is not in the config (known: {', '.join(config.model_names())})")
@@ -202,6 +204,10 @@ def views(label: str, total: int) -> tuple[Callable[[Progress], None], Callable[
         bar.stop()
 
     return show, close
+
+
+def _names(models: str) -> list[str]:
+    return [name.strip() for name in models.split(",") if name.strip()]
 
 
 def _show(results: dict[str, Any], out: Path) -> None:

@@ -4,7 +4,8 @@ The first run writes both; a rerun with the same folder reads them back,
 so it asks the same items and resumes. A rerun must keep the suite, seed,
 limit, generation cap and judge (a different one is refused, naming the
 key: use another folder); it may add models and name a baseline mixture.
-`--score-only` needs nothing but the folder.
+`--score-only` needs nothing but the folder; with `--models` it reports
+on some of the folder's models only (`only`), and `eval.json` keeps them all.
 
 Left out on purpose: the answers (`generation.py` owns those files).
 """
@@ -84,6 +85,18 @@ def merge(old: Settings | None, new: Settings, folder: Path) -> Settings:
             )
     models = tuple(dict.fromkeys([*old.models, *new.models]))
     return replace(new, models=models, kinds={**old.kinds, **new.kinds}, baseline=new.baseline or old.baseline)
+
+
+def only(settings: Settings, models: list[str]) -> Settings:
+    """The settings narrowed to some of the run's models, in the run's order (a report on part of a folder)."""
+    unknown = [model for model in models if model not in settings.models]
+    if unknown or not models:
+        raise EvalError(f"{', '.join(repr(m) for m in unknown) or 'no model'} is not a model of this run "
+                        f"(models: {', '.join(settings.models)})")  # fmt: skip
+    kept = tuple(model for model in settings.models if model in models)
+    baseline = settings.baseline if settings.baseline in kept else None
+    contestants = tuple(model for model in settings.judge_contestants if model in kept)
+    return replace(settings, models=kept, baseline=baseline, judge_contestants=contestants)
 
 
 def write_settings(folder: Path, settings: Settings) -> None:

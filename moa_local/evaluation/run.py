@@ -2,6 +2,7 @@
 
     await evaluate(folder, settings, answer=execute, judge=judge_client, views=...)   # generate, judge, report
     rescore(folder)                                                                   # report from the folder only
+    rescore(folder, models=["qwen", "moa-cpu"])                                       # ... on some of its models
 
 The executors are injected (the CLI passes `api/completion.complete` over
 an open pool for the answers, and a `JudgeClient` for the judge), so this
@@ -62,12 +63,14 @@ async def evaluate(
     return rescore(folder)
 
 
-def rescore(folder: Path) -> dict[str, Any]:
-    """Score every answer the folder holds and write results.json, summary.md and the plot; the results."""
+def rescore(folder: Path, models: list[str] | None = None) -> dict[str, Any]:
+    """Score the answers the folder holds (of `models`, default all) and write results.json, summary.md, the plot."""
     settings = manifest.read_settings(folder)
     items = manifest.read_items(folder)
     if settings is None or items is None:
         raise EvalError(f"{folder}: no evaluation here (no {manifest.MANIFEST} and {manifest.ITEMS})")
+    if models is not None:
+        settings = manifest.only(settings, models)
     suite = get_suite(settings.suite)
     rounds = Rounds(folder, max_inflight=1)
     scores: dict[str, list[ItemScore]] = {}

@@ -107,6 +107,32 @@ def test_fault_fake_mt_bench_run_with_a_judge_rating_seven(tmp_path: Path, fake_
     assert histories.count({"role": "assistant", "content": REPLY_MOA}) == 3  # a proposing in moa's second turns
 
 
+def test_fault_score_only_with_models_reports_on_those_only_and_the_folder_keeps_them_all(
+    tmp_path: Path, fake_engine: FakeEngineFactory, cache: Path
+) -> None:
+    config, servers = three_models(tmp_path, fake_engine, reply="Rating: [[6]]")
+    out = tmp_path / "run"
+    ran = invoke("eval", "--config", config, "--models", "a,b,moa", "--suite", "mt-bench", "--judge", "j",
+                 "--out", out, "--resamples", "200")  # fmt: skip
+    assert ran.returncode == 0, (ran.stdout, ran.stderr)
+    full, calls = results_of(out), sum(len(server.chat_bodies()) for server in servers.values())
+
+    part = invoke("eval", "--out", out, "--score-only", "--models", "moa, a")
+    assert part.returncode == 0, (part.stdout, part.stderr)
+    results = results_of(out)
+    assert [m["name"] for m in results["models"]] == ["a", "moa"]  # the run's order
+    assert results["aggregate"] == {name: full["aggregate"][name] for name in ("a", "moa")}
+    assert {(c["mixture"], c["single"]) for c in results["comparisons"]} == {("moa", "a")}
+    assert "b:" not in part.stdout and "a: MT-Bench" in part.stdout
+    assert one_error_line(invoke("eval", "--out", out, "--score-only", "--models", "a,zz")) == (
+        "'zz' is not a model of this run (models: a, b, moa)"
+    )
+    assert sum(len(server.chat_bodies()) for server in servers.values()) == calls  # nothing asked again
+
+    assert invoke("eval", "--out", out, "--score-only").returncode == 0
+    assert results_of(out)["aggregate"] == full["aggregate"]  # eval.json still holds all three
+
+
 def test_fault_fake_alpaca_eval_wins_exactly_where_the_model_was_shown_first(
     tmp_path: Path, fake_engine: FakeEngineFactory, cache: Path
 ) -> None:
