@@ -14,7 +14,7 @@ client = OpenAI(
 )
 question = " ".join(sys.argv[1:]) or "What are some fun things to do in SF?"
 stream = client.chat.completions.create(
-    model="moa-cpu-select",  # a mixture from the config (or an endpoint name, for a single model)
+    model="self-moa-qwen-select",  # a mixture from the config (or an endpoint name, for a single model)
     messages=[{"role": "user", "content": question}],
     stream=True,
 )

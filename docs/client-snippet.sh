@@ -3,5 +3,5 @@
 curl -sSN "${MOA_BASE_URL:-http://127.0.0.1:8080/v1}/chat/completions" \
   -H "Content-Type: application/json" \
   -H "Authorization: Bearer ${MOA_API_KEY:-none}" \
-  -d '{"model": "moa-cpu-select", "stream": true,
+  -d '{"model": "self-moa-qwen-select", "stream": true,
        "messages": [{"role": "user", "content": "What are some fun things to do in SF?"}]}'
