@@ -207,7 +207,10 @@ def views(label: str, total: int) -> tuple[Callable[[Progress], None], Callable[
 
 
 def _names(models: str) -> list[str]:
-    return [name.strip() for name in models.split(",") if name.strip()]
+    names = [name.strip() for name in models.split(",") if name.strip()]
+    if not names:
+        raise click.ClickException(f"--models {models!r} names no model: give mixtures or endpoints, comma-separated")
+    return names
 
 
 def _show(results: dict[str, Any], out: Path) -> None:

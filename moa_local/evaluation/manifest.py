@@ -89,9 +89,11 @@ def merge(old: Settings | None, new: Settings, folder: Path) -> Settings:
 
 def only(settings: Settings, models: list[str]) -> Settings:
     """The settings narrowed to some of the run's models, in the run's order (a report on part of a folder)."""
+    if not models:
+        raise EvalError(f"no model named (models of this run: {', '.join(settings.models)})")
     unknown = [model for model in models if model not in settings.models]
-    if unknown or not models:
-        raise EvalError(f"{', '.join(repr(m) for m in unknown) or 'no model'} is not a model of this run "
+    if unknown:
+        raise EvalError(f"{', '.join(repr(m) for m in unknown)} is not a model of this run "
                         f"(models: {', '.join(settings.models)})")  # fmt: skip
     kept = tuple(model for model in settings.models if model in models)
     baseline = settings.baseline if settings.baseline in kept else None

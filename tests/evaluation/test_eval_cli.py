@@ -127,6 +127,9 @@ def test_fault_score_only_with_models_reports_on_those_only_and_the_folder_keeps
     assert one_error_line(invoke("eval", "--out", out, "--score-only", "--models", "a,zz")) == (
         "'zz' is not a model of this run (models: a, b, moa)"
     )
+    assert one_error_line(invoke("eval", "--out", out, "--score-only", "--models", ",")) == (
+        "--models ',' names no model: give mixtures or endpoints, comma-separated"
+    )
     assert sum(len(server.chat_bodies()) for server in servers.values()) == calls  # nothing asked again
 
     assert invoke("eval", "--out", out, "--score-only").returncode == 0
@@ -165,6 +168,8 @@ def test_fault_judge_that_never_rates_is_one_error_line(tmp_path: Path, fake_eng
     [
         (("--models", "a", "--suite", "nope"), "unknown suite 'nope' (known: ifeval, math, mt-bench, alpaca-eval)"),
         (("--models", "a,zzz", "--suite", "ifeval"), "model 'zzz' is not in the config (known: moa, a, agg, b)"),
+        (("--models", " , ", "--suite", "ifeval"),
+         "--models ' , ' names no model: give mixtures or endpoints, comma-separated"),
         (("--models", "a", "--suite", "mt-bench"), "the mt-bench suite needs a judge: --judge ENDPOINT|URL"),
         (("--models", "a", "--suite", "mt-bench", "--judge", "moa"),
          "judge 'moa' is a mixture; a judge must be an endpoint of the config or a URL"),
