@@ -45,6 +45,6 @@ def test_lm_eval_harness_scores_a_task_against_a_mixture_of_the_cpu_engines(
     assert all(s["resps"][0][0].strip() for s in samples), samples  # a real answer for each question
     assert 0.0 <= results["exact_match,none"] <= 1.0
     gateway.wait_for(lambda: gateway.metric("moa_requests_total", mixture="moa-cpu", outcome="ok") == 3,
-                     what="the gateway's count of the harness's three mixture answers")  # fmt: skip
+                     timeout_s=30, what="the gateway's count of the harness's three mixture answers")  # fmt: skip
     print(f"\nlm-eval exact match on moa-cpu: {results['exact_match,none']:.2f}; answers: "
           f"{[s['resps'][0][0] for s in samples]}")  # fmt: skip
